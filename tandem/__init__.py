@@ -1,0 +1,1 @@
+"""tandem: distributed RLHF on Ray, vLLM and DeepSpeed."""

@@ -1,0 +1,80 @@
+"""Pure tensor math of RLHF: masked ops, advantages, KL estimators and controllers, and losses.
+
+Nothing here imports Ray, DeepSpeed, vLLM, transformers or config objects: every function takes
+tensors and plain numbers and returns tensors (and, for losses, a dict of float metrics).
+Algorithms are chosen by name through the registries (``get_adv_est``, ``get_kl_estimator``,
+``get_policy_loss``, ``make_kl_controller``).
+"""
+
+from tandem.algos.advantages import (
+    compute_gae,
+    discounted_returns,
+    group_advantages,
+    reinforce_pp_returns,
+)
+from tandem.algos.core import (
+    entropy_from_logits,
+    explained_variance,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from tandem.algos.kl import kl_estimate, kl_k1, kl_k2, kl_k3, shape_rewards
+from tandem.algos.kl_control import (
+    AdaptiveKLController,
+    FixedKLController,
+    KLController,
+    make_kl_controller,
+)
+from tandem.algos.losses import bradley_terry_loss, dpo_loss, policy_loss, value_loss
+from tandem.algos.registry import (
+    AdvantageEstimator,
+    KLEstimator,
+    PolicyLoss,
+    Registry,
+    get_adv_est,
+    get_kl_estimator,
+    get_policy_loss,
+    register_adv_est,
+    register_kl_estimator,
+    register_policy_loss,
+)
+
+__all__ = [
+    "AdaptiveKLController",
+    "AdvantageEstimator",
+    "FixedKLController",
+    "KLController",
+    "KLEstimator",
+    "PolicyLoss",
+    "Registry",
+    "bradley_terry_loss",
+    "compute_gae",
+    "discounted_returns",
+    "dpo_loss",
+    "entropy_from_logits",
+    "explained_variance",
+    "get_adv_est",
+    "get_kl_estimator",
+    "get_policy_loss",
+    "group_advantages",
+    "kl_estimate",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "logprobs_from_logits",
+    "make_kl_controller",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss",
+    "register_adv_est",
+    "register_kl_estimator",
+    "register_policy_loss",
+    "reinforce_pp_returns",
+    "shape_rewards",
+    "value_loss",
+]

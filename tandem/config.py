@@ -1,0 +1,425 @@
+"""The typed job configuration: frozen pydantic models, loaded from YAML with dotted CLI overrides.
+
+A job is one YAML file in `configs/` that names only what it changes from the defaults below; a file
+may start from another with `base: other.yaml` (a path relative to it). Command-line overrides are
+`key.sub=value` with YAML-typed values. Every error names the key, the file and line it came from and
+what was expected, and is raised as `UserError` (the CLI exits with code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tandem.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name: the run folder is `<output_dir>/<name>` and the W&B run name."""
+    output_dir: str = "runs"
+    """Folder holding run folders."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    resume: bool = False
+    """Continue from the latest checkpoint in the run folder instead of starting over."""
+
+
+class ModelConfig(_Section):
+    path: str = "tiny-qwen2"
+    """Embedded tiny model ("tiny-qwen2", "tiny-llama"), a local HF directory, or a hub name (needs network)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and compute dtype of inference engines (vLLM, reference, reward)."""
+    max_prompt_len: int = Field(64, ge=1)
+    """Prompts longer than this (in tokens) are truncated from the left."""
+    max_response_len: int = Field(32, ge=1)
+    """Responses are cut at this many tokens (generation and training)."""
+
+
+class DataConfig(_Section):
+    task: str | None = "sort"
+    """Built-in task ("sort", "evens"), used when no files are given; null to use files only."""
+    train_files: list[str] = []
+    """Local JSONL/Parquet files; columns by stage: prompt (RL), prompt+response (SFT), prompt+chosen+rejected."""
+    eval_files: list[str] = []
+    """Held-out files, same columns as train_files."""
+    num_train: int = Field(4096, ge=1)
+    """Examples generated from the built-in task for training."""
+    num_eval: int = Field(256, ge=1)
+    """Held-out examples generated from the built-in task."""
+    preference_temperature: float = Field(0.1, ge=0.0)
+    """Annotator noise of built-in preference pairs: Bradley-Terry temperature (0 = always the better)."""
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    """Ray cluster to attach to ("auto", "ray://host:10001", "host:6379"); null starts a local Ray."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs of the local Ray (default: enough for the job's roles)."""
+    object_store_mb: int = Field(256, ge=64)
+    """Object store cap of the local Ray (uncapped Ray reserves ~30% of RAM in /dev/shm)."""
+
+
+class WandbConfig(_Section):
+    project: str = "tandem"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); null uses the account default."""
+    tags: list[str] = []
+    """Tags of the W&B run."""
+    mode: Literal["online", "offline", "disabled"] | None = None
+    """null: online when WANDB_API_KEY is set, else offline (runs land in the run folder)."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warmup optimizer steps."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Cosine decay floor, as a fraction of lr."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Global gradient-norm clip (0 = off)."""
+
+
+class LearnerConfig(_Section):
+    world_size: int = Field(1, ge=1)
+    """Learner ranks (Ray actors, one process each)."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Training precision."""
+    micro_batch_size: int = Field(32, ge=1)
+    """Sequences per rank per forward/backward."""
+    global_batch_size: int = Field(64, ge=1)
+    """Sequences per optimizer step over all ranks (gradient accumulation fills the gap)."""
+    cpus_per_rank: float = Field(1.0, gt=0)
+    """Ray CPUs of each rank."""
+    gpus_per_rank: float = Field(0.0, ge=0)
+    """Ray GPUs of each rank (0 on CPU machines)."""
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy of the ranks."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    collective_timeout_s: int = Field(300, ge=10)
+    """A collective waiting longer than this fails (a dead rank surfaces as an error, not a hang)."""
+    optim: OptimConfig = OptimConfig()
+    """Optimizer and schedule."""
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> LearnerConfig:
+        per_step = self.micro_batch_size * self.world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} must be a multiple of "
+                f"micro_batch_size x world_size = {per_step}"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    """Passes over the training data (SFT, RM, DPO)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
+    eval_every: int = Field(50, ge=1)
+    """Held-out evaluation every N optimizer steps (and at the end)."""
+    save_every: int = Field(0, ge=0)
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    log_every: int = Field(1, ge=1)
+    """Metrics every N optimizer steps."""
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL constraint (Rafailov et al. 2023)."""
+    loss: Literal["dpo", "ipo"] = "dpo"
+    """Preference loss: sigmoid DPO or IPO (Azar et al. 2023)."""
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of rollouts (PPO needs 1.0 for on-policy logprobs)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = Field(-1, ge=-1)
+    """Top-k sampling (-1: off)."""
+
+
+class RolloutConfig(_Section):
+    num_engines: int = Field(1, ge=1)
+    """vLLM engines (Ray actors); prompts are spread over them."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (tensor parallel); 1 on CPU."""
+    cpus_per_engine: float = Field(1.0, gt=0)
+    """Ray CPUs of each engine."""
+    gpus_per_engine: float = Field(0.0, ge=0)
+    """Ray GPUs of each engine (0 on CPU)."""
+    kv_cache_mb: int = Field(128, ge=8)
+    """KV-cache size of each engine, MiB."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (GPU engines only)."""
+    max_num_seqs: int = Field(64, ge=1)
+    """Sequences an engine batches at once."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Sampling parameters."""
+    sync_bucket_mb: int = Field(64, ge=1)
+    """Weight-sync bucket size, MiB."""
+
+
+class RewardComponent(_Section):
+    kind: Literal["model", "function", "http"]
+    """model: an HF reward model dir; function: `pkg.mod:fn`; http: a JSON endpoint."""
+    path: str
+    """The model dir (or "rm" = this pipeline's RM run), the import path, or the URL."""
+    weight: float = 1.0
+    """Weight in the summed reward."""
+    name: str | None = None
+    """Metric name of this component (default: its kind)."""
+    token_env: str = "TANDEM_REWARD_TOKEN"
+    """http: environment variable holding the bearer token."""
+    timeout_s: float = Field(30.0, gt=0)
+    """http: request timeout."""
+    retries: int = Field(3, ge=0)
+    """http: retries on failure."""
+
+
+class RewardConfig(_Section):
+    components: list[RewardComponent] = [RewardComponent(kind="function", path="task")]
+    """Summed reward components; function path "task" = the built-in task's true reward."""
+    cpus: float = Field(1.0, gt=0)
+    """Ray CPUs of the reward actor."""
+    gpus: float = Field(0.0, ge=0)
+    """Ray GPUs of the reward actor."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per reward-model forward."""
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    """Address the reward server binds (loopback by default)."""
+    port: int = Field(8710, ge=0, le=65535)
+    """Port of the reward server (0: any free port)."""
+    token_env: str = "TANDEM_REWARD_TOKEN"
+    """Environment variable holding the bearer token clients must send."""
+
+
+class PPOConfig(_Section):
+    steps: int = Field(20, ge=1)
+    """PPO iterations (rollout + update)."""
+    prompts_per_step: int = Field(32, ge=1)
+    """Prompts sampled per iteration."""
+    samples_per_prompt: int = Field(4, ge=1)
+    """Responses per prompt (the group of GRPO/RLOO)."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "grpo"
+    """Advantage estimator; gae trains a critic."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE lambda."""
+    clip_eps: float = Field(0.2, gt=0)
+    """PPO ratio clip."""
+    value_clip_eps: float = Field(0.2, gt=0)
+    """Critic value clip."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each rollout batch."""
+    num_minibatches: int = Field(1, ge=1)
+    """Optimizer steps per epoch."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator of the reward penalty (Schulman 2020)."""
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """KL coefficient: fixed, or adaptive to a target (Ziegler et al. 2019)."""
+    kl_coef: float = Field(0.05, ge=0)
+    """(Initial) KL coefficient."""
+    kl_target: float = Field(6.0, gt=0)
+    """Adaptive controller: target KL per sequence."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Adaptive controller: horizon in samples."""
+    save_every: int = Field(0, ge=0)
+    """Checkpoint every N steps (0: only at the end)."""
+    sample_table_every: int = Field(5, ge=1)
+    """Log a table of (prompt, response, reward) every N steps."""
+    colocate: bool = False
+    """Place all roles in one placement group (share devices) instead of one group per role."""
+
+
+class Config(_Section):
+    """A whole job. Each command reads the sections it needs."""
+
+    run: RunConfig = RunConfig()
+    """Run name, folder, seed, resume."""
+    model: ModelConfig = ModelConfig()
+    """The model every role starts from (policy, reference; RM and critic base)."""
+    data: DataConfig = DataConfig()
+    """Built-in task or user files."""
+    ray: RayConfig = RayConfig()
+    """Ray cluster to start or attach."""
+    wandb: WandbConfig = WandbConfig()
+    """Weights & Biases logging."""
+    learner: LearnerConfig = LearnerConfig()
+    """The trained model's learner group (SFT, RM, DPO; the PPO policy)."""
+    critic: LearnerConfig = LearnerConfig()
+    """The PPO critic's learner group (advantage: gae)."""
+    train: TrainConfig = TrainConfig()
+    """Offline training loop (SFT, RM, DPO)."""
+    dpo: DPOConfig = DPOConfig()
+    """DPO loss."""
+    rollout: RolloutConfig = RolloutConfig()
+    """vLLM rollout engines."""
+    reward: RewardConfig = RewardConfig()
+    """Reward scoring for PPO."""
+    serve: ServeConfig = ServeConfig()
+    """`tandem serve-reward` HTTP server."""
+    ppo: PPOConfig = PPOConfig()
+    """The PPO loop."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML files (with their line numbers) + overrides -> Config, or a UserError.
+
+
+@dataclass(frozen=True)
+class _Origin:
+    source: str  # a file path or "command line"
+    line: int | None
+
+    def __str__(self) -> str:
+        return f"{self.source}, line {self.line}" if self.line else self.source
+
+
+def _node_to_python(node: yaml.Node, prefix: str, origins: dict[str, _Origin], source: str) -> Any:
+    """Build plain Python from a YAML node, recording where every dotted key was written."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            path = f"{prefix}.{key}" if prefix else key
+            origins[path] = _Origin(source, key_node.start_mark.line + 1)
+            out[key] = _node_to_python(value_node, path, origins, source)
+        return out
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _read_yaml(path: Path, origins: dict[str, _Origin], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: `base` includes itself ({' -> '.join(map(str, seen))})")
+    try:
+        node = yaml.compose(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise UserError(f"{path}: a config must be a mapping of sections, got {node.tag.rsplit(':', 1)[-1]}")
+    own: dict[str, _Origin] = {}
+    data = _node_to_python(node, "", own, str(path))
+    base = data.pop("base", None)
+    own.pop("base", None)
+    merged: dict[str, Any] = {}
+    if base is not None:
+        merged = _read_yaml(path.parent / str(base), origins, (*seen, path.resolve()))
+    origins.update(own)
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(data: dict[str, Any], item: str, origins: dict[str, _Origin]) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+    origins[key] = _Origin("command line", None)
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _valid_keys(ann, path + ".")
+    return keys
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _origin_of(path: str, origins: dict[str, _Origin]) -> str:
+    while path:
+        if path in origins:
+            return f" ({origins[path]})"
+        path = path.rpartition(".")[0]
+    return ""
+
+
+def _explain(err: ValidationError, origins: dict[str, _Origin]) -> str:
+    lines = []
+    valid = _valid_keys(Config)
+    for e in err.errors():
+        path = _loc_path(e["loc"])
+        where = _origin_of(path, origins)
+        if e["type"] == "extra_forbidden":
+            guess = difflib.get_close_matches(path, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean `{guess[0]}`?" if guess else ""
+            lines.append(f"unknown key `{path}`{where}{hint}")
+        elif not path:  # a model-level check with no single field
+            lines.append(e["msg"])
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            msg = e["msg"][0].lower() + e["msg"][1:]
+            lines.append(f"`{path}`{shown}{where}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load a job: the YAML file (and its `base` chain), then `key.sub=value` overrides."""
+    origins: dict[str, _Origin] = {}
+    data = _read_yaml(Path(path), origins) if path is not None else {}
+    for item in overrides:
+        _apply_override(data, item, origins)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_explain(e, origins)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The fully resolved config as YAML (what `tandem config show` prints and run folders keep)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,149 @@
+"""The config loader: defaults, base chains, overrides, and the user-facing errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from tandem.config import Config, dump_config, load_config
+from tandem.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_yaml_values(tmp_path):
+    cfg = load_config(write(tmp_path, "a.yaml", "learner:\n  zero_stage: 3\n  optim:\n    lr: 0.01\n"))
+    assert cfg.learner.zero_stage == 3
+    assert cfg.learner.optim.lr == 0.01
+    assert cfg.learner.optim.warmup_steps == Config().learner.optim.warmup_steps
+
+
+def test_overrides_are_yaml_typed_and_win(tmp_path):
+    path = write(tmp_path, "a.yaml", "ppo:\n  steps: 5\n")
+    cfg = load_config(path, ["ppo.steps=7", "model.path=tiny-llama", "wandb.tags=[a, b]", "ray.address=null"])
+    assert cfg.ppo.steps == 7
+    assert cfg.model.path == "tiny-llama"
+    assert cfg.wandb.tags == ["a", "b"]
+    assert cfg.ray.address is None
+
+
+def test_base_chain_merges_deeply(tmp_path):
+    write(tmp_path, "base.yaml", "learner:\n  zero_stage: 2\n  micro_batch_size: 8\n  global_batch_size: 16\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nlearner:\n  zero_stage: 3\n")
+    cfg = load_config(child)
+    assert (cfg.learner.zero_stage, cfg.learner.micro_batch_size) == (3, 8)
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.ppo.steps = 3  # type: ignore[misc]
+
+
+def test_unknown_key_names_key_file_line_and_suggestion(tmp_path):
+    path = write(tmp_path, "bad.yaml", "run:\n  name: x\nlearner:\n  zero_stag: 3\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "learner.zero_stag" in msg
+    assert f"{path}, line 4" in msg
+    assert "did you mean `learner.zero_stage`" in msg
+
+
+def test_unknown_section_suggests_nearest(tmp_path):
+    with pytest.raises(UserError, match=r"unknown key `lerner`.*did you mean `learner`"):
+        load_config(write(tmp_path, "bad.yaml", "lerner:\n  zero_stage: 1\n"))
+
+
+def test_wrong_type_names_key_value_and_expectation(tmp_path):
+    path = write(tmp_path, "bad.yaml", "ppo:\n  steps: many\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "`ppo.steps` = 'many'" in msg and f"{path}, line 2" in msg and "integer" in msg
+
+
+def test_out_of_range_names_bound(tmp_path):
+    with pytest.raises(UserError, match=r"`learner.zero_stage` = 4 .*less than or equal to 3"):
+        load_config(write(tmp_path, "bad.yaml", "learner:\n  zero_stage: 4\n"))
+
+
+def test_bad_override_is_attributed_to_command_line(tmp_path):
+    with pytest.raises(UserError, match=r"`ppo.clip_eps` = -1 \(command line\).*greater than 0"):
+        load_config(None, ["ppo.clip_eps=-1"])
+
+
+def test_batch_sizes_must_divide():
+    with pytest.raises(UserError, match="global_batch_size 10 must be a multiple of"):
+        load_config(None, ["learner.micro_batch_size=4", "learner.global_batch_size=10"])
+
+
+def test_missing_file_names_path(tmp_path):
+    with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(write(tmp_path, "a.yaml", "run: [unclosed\n"))
+    with pytest.raises(UserError, match="must be a mapping"):
+        load_config(write(tmp_path, "b.yaml", "- 1\n- 2\n"))
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["ppo.steps=3", "learner.zero_stage=2"])
+    again = load_config(write(tmp_path, "dump.yaml", dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    load_config(path)
+
+
+def test_every_field_is_documented():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            yield f"{model.__name__}.{name}", field.description
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from walk(field.annotation)
+
+    missing = [name for name, doc in walk(Config) if not doc]
+    assert not missing, f"fields without a docstring: {missing}"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_config_show_prints_resolved_yaml():
+    out = run_cli("config", "show", "configs/generate.yaml", "ppo.steps=9")
+    assert out.returncode == 0, out.stderr
+    assert "steps: 9" in out.stdout and "zero_stage:" in out.stdout
+
+
+def test_cli_user_error_exit_2_without_traceback(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "ppo:\n  stepz: 3\n")
+    out = run_cli("config", "show", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "unknown key `ppo.stepz`" in out.stderr and "did you mean `ppo.steps`" in out.stderr
+    missing = run_cli("config", "show", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 2 and "config file not found" in missing.stderr
