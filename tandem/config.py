@@ -118,6 +118,8 @@ class LearnerConfig(_Section):
     """A collective waiting longer than this fails (a dead rank surfaces as an error, not a hang)."""
     optim: OptimConfig = OptimConfig()
     """Optimizer and schedule."""
+    resources: dict[str, float] = {}
+    """Ray custom resources each rank needs (e.g. {node_learn: 1}) to pin the role to chosen nodes."""
 
     @model_validator(mode="after")
     def _batch_divides(self) -> LearnerConfig:
@@ -178,6 +180,8 @@ class RolloutConfig(_Section):
     """Sampling parameters."""
     sync_bucket_mb: int = Field(64, ge=1)
     """Weight-sync bucket size, MiB."""
+    resources: dict[str, float] = {}
+    """Ray custom resources each engine needs (pins engines to chosen nodes)."""
 
 
 class RewardComponent(_Section):
@@ -206,6 +210,19 @@ class RewardConfig(_Section):
     """Ray GPUs of the reward actor."""
     batch_size: int = Field(64, ge=1)
     """Sequences per reward-model forward."""
+    resources: dict[str, float] = {}
+    """Ray custom resources of the reward actor (pins it to chosen nodes)."""
+
+
+class ReferenceConfig(_Section):
+    cpus: float = Field(1.0, gt=0)
+    """Ray CPUs of the reference actor."""
+    gpus: float = Field(0.0, ge=0)
+    """Ray GPUs of the reference actor."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per reference forward."""
+    resources: dict[str, float] = {}
+    """Ray custom resources of the reference actor (pins it to chosen nodes)."""
 
 
 class ServeConfig(_Section):
@@ -283,6 +300,8 @@ class Config(_Section):
     """vLLM rollout engines."""
     reward: RewardConfig = RewardConfig()
     """Reward scoring for PPO."""
+    reference: ReferenceConfig = ReferenceConfig()
+    """The frozen reference policy of the KL penalty."""
     serve: ServeConfig = ServeConfig()
     """`tandem serve-reward` HTTP server."""
     ppo: PPOConfig = PPOConfig()

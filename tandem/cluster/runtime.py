@@ -1,0 +1,64 @@
+"""Process environment and Ray start/attach."""
+
+from __future__ import annotations
+
+import os
+
+from tandem.config import RayConfig
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def setup_env() -> None:
+    """Environment defaults every tandem process needs, set before vLLM/DeepSpeed are imported.
+
+    On CPU: vLLM's engine in-process (2-4 s start and 1 GB, against 20-35 s and 2.3 GB for the
+    multiprocess engine) and DeepSpeed's CPU accelerator. Values the user set win.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if not cuda_available():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def worker_env() -> dict[str, str]:
+    """The env vars Ray actors get (runtime_env), so workers on other nodes see the same defaults."""
+    setup_env()
+    keys = ("RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "HF_DATASETS_OFFLINE",
+            "VLLM_ENABLE_V1_MULTIPROCESSING", "DS_ACCELERATOR", "TANDEM_CACHE", "WANDB_MODE")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
+    """Attach to `cfg.address` (or the job's RAY_ADDRESS), or start a local Ray sized for the job (a no-op if Ray is up).
+
+    The local Ray gets an object-store cap: uncapped, Ray reserves about 30% of RAM in /dev/shm.
+    Logical CPUs may exceed the real cores: tandem's CPU actors mostly wait on each other.
+    """
+    import ray
+
+    setup_env()
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": worker_env()}
+    if cfg.address:
+        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # A driver started by Ray Jobs (`tandem submit`): its cluster and runtime env come with the job.
+        ray.init()
+        return
+    ray.init(
+        address="local",
+        num_cpus=cfg.num_cpus or num_cpus or max(os.cpu_count() or 1, 4),
+        object_store_memory=cfg.object_store_mb << 20,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )

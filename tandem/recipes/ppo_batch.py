@@ -1,0 +1,140 @@
+"""The PPO rollout batch and the driver's pure stages over it: reward shaping, advantages, metrics.
+
+Layout: one row per sampled response, right-padded to the longest response R of the batch; every
+per-token tensor is (B, R) and `mask` is 1 on real response tokens. This is the layout vLLM returns
+sampled-token logprobs in, so rollout, reference, learner and critic values line up column for column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
+
+
+def pad_right(rows: Sequence[Sequence[float]], width: int | None = None, value: float = 0.0,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+    """Ragged rows -> (B, width) tensor, right-padded with `value`."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, : len(row)] = torch.as_tensor(list(row), dtype=dtype)
+    return out
+
+
+@dataclass
+class RolloutBatch:
+    """B = prompts x samples per prompt; a prompt's samples are adjacent (the GRPO/RLOO groups)."""
+
+    prompts: list[str]  # (B,) prompt text as reward functions see it
+    responses: list[str]  # (B,) decoded responses
+    prompt_ids: list[list[int]]  # (B, P_i) chat-templated prompt tokens
+    response_ids: list[list[int]]  # (B, R_i) sampled tokens
+    rollout_logprobs: Tensor  # (B, R) logprobs of the sampled tokens under the sampler (vLLM)
+    mask: Tensor  # (B, R) 1 on response tokens
+    weight_versions: list[int]  # (B,) weight version each sample was drawn with
+    truncated: Tensor  # (B,) bool: hit max_response_len without EOS
+    # Filled by the scoring stages:
+    scores: Tensor | None = None  # (B,) summed reward
+    reward_components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
+    old_logprobs: Tensor | None = None  # (B, R) learner's logprobs before the update (PPO's pi_old)
+    ref_logprobs: Tensor | None = None  # (B, R) frozen reference
+    values: Tensor | None = None  # (B, R) critic values (gae only)
+    # Filled by `compute_advantages`:
+    token_rewards: Tensor | None = None  # (B, R) KL-shaped rewards
+    advantages: Tensor | None = None  # (B, R)
+    returns: Tensor | None = None  # (B, R)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence, prompt_texts: Sequence[str]) -> RolloutBatch:
+        """Build from rollout `Sample`s (prompt-major); `prompt_texts[s.prompt_index]` is each one's prompt."""
+        return cls(
+            prompts=[prompt_texts[s.prompt_index] for s in samples],
+            responses=[s.response_text for s in samples],
+            prompt_ids=[list(s.prompt_ids) for s in samples],
+            response_ids=[list(s.response_ids) for s in samples],
+            rollout_logprobs=pad_right([s.logprobs for s in samples]),
+            mask=pad_right([[1.0] * len(s.response_ids) for s in samples]),
+            weight_versions=[s.weight_version for s in samples],
+            truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    def lengths(self) -> Tensor:
+        """(B,) response lengths in tokens."""
+        return self.mask.sum(-1)
+
+    def shard(self, index: int, parts: int) -> dict:
+        """The learner's share: rows index::parts as plain lists and tensors (cheap to send to an actor)."""
+        rows = slice(index, None, parts)
+        out = {"prompt_ids": self.prompt_ids[rows], "response_ids": self.response_ids[rows]}
+        for name in ("mask", "old_logprobs", "advantages", "returns", "values"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value[rows]
+        return out
+
+
+def compute_advantages(batch: RolloutBatch, *, estimator: str, kl_estimator: str, kl_coef: float,
+                       group_size: int, gamma: float, lam: float) -> dict[str, float]:
+    """KL-shaped token rewards (InstructGPT eq. 2), then advantages and returns by estimator name.
+
+    Fills `batch.token_rewards`, `batch.advantages`, `batch.returns`; returns KL metrics.
+    """
+    assert batch.scores is not None and batch.old_logprobs is not None and batch.ref_logprobs is not None
+    kl = get_kl_estimator(kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
+    batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef)
+    batch.advantages, batch.returns = get_adv_est(estimator)(
+        token_rewards=batch.token_rewards, scores=batch.scores, values=batch.values, mask=batch.mask,
+        group_size=group_size, gamma=gamma, lam=lam,
+    )
+    seq_kl = kl.sum(-1)  # (B,) KL of each response to the reference
+    return {"kl/mean": seq_kl.mean().item(), "kl/max": seq_kl.max().item(), "kl/coef": kl_coef,
+            "kl/per_token": masked_mean(kl, batch.mask).item()}
+
+
+def _pearson(x: Tensor, y: Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum()) / denom if denom > 0 else 0.0
+
+
+def rollout_metrics(batch: RolloutBatch, true_rewards: Sequence[float] | None) -> dict[str, float]:
+    """Reward, length, length-reward correlation (the length-bias trap), logprob mismatch, advantages."""
+    assert batch.scores is not None
+    lengths = batch.lengths()
+    m: dict[str, float] = {
+        "reward/mean": batch.scores.mean().item(),
+        "reward/std": batch.scores.std().item() if len(batch) > 1 else 0.0,
+        "rollout/response_length/mean": lengths.mean().item(),
+        "rollout/response_length/max": lengths.max().item(),
+        "rollout/response_length/clip_frac": batch.truncated.float().mean().item(),
+        "rollout/reward_length_corr": _pearson(batch.scores, lengths),
+    }
+    for name, values in batch.reward_components.items():
+        m[f"reward/{name}"] = values.mean().item()
+    if true_rewards is not None:
+        t = torch.tensor(list(true_rewards), dtype=torch.float64)
+        m["true_reward/mean"] = t.mean().item()
+        m["true_reward/std"] = t.std().item() if len(t) > 1 else 0.0
+        m["rollout/true_reward_length_corr"] = _pearson(t, lengths)
+    if batch.old_logprobs is not None:
+        # The rollout/learner logprob mismatch: same weights, two implementations (vLLM vs HF).
+        gap = (batch.rollout_logprobs - batch.old_logprobs).abs()
+        m["rollout/logprob_mismatch"] = masked_mean(gap, batch.mask).item()
+        m["rollout/logprob_mismatch_max"] = (gap * batch.mask).max().item()
+    if batch.advantages is not None:
+        m["advantage/mean"] = masked_mean(batch.advantages, batch.mask).item()
+        m["advantage/abs_mean"] = masked_mean(batch.advantages.abs(), batch.mask).item()
+    if batch.values is not None and batch.returns is not None:
+        m["critic/explained_variance"] = float(explained_variance(batch.values, batch.returns, batch.mask))
+        m["critic/values_mean"] = masked_mean(batch.values, batch.mask).item()
+    return m

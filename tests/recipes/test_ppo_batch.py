@@ -1,0 +1,78 @@
+"""The PPO driver's pure stages: batch layout, KL-shaped advantages, metrics, against hand values."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right, rollout_metrics
+
+
+def sample(prompt_index, response_ids, logprobs, finish="stop", version=3):
+    return SimpleNamespace(prompt_ids=[7, 8], response_ids=response_ids, logprobs=logprobs,
+                           response_text=" ".join(map(str, response_ids)), finish_reason=finish,
+                           weight_version=version, prompt_index=prompt_index)
+
+
+def make_batch():
+    samples = [sample(0, [1, 2, 3], [-0.1, -0.2, -0.3]), sample(0, [4], [-0.5], finish="length"),
+               sample(1, [5, 6], [-1.0, -2.0]), sample(1, [9, 9, 9], [-0.4, -0.4, -0.4])]
+    return RolloutBatch.from_samples(samples, ["p0", "p1"])
+
+
+def test_from_samples_layout():
+    b = make_batch()
+    assert b.prompts == ["p0", "p0", "p1", "p1"]
+    assert b.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert b.rollout_logprobs[2].tolist() == pytest.approx([-1.0, -2.0, 0.0])
+    assert b.truncated.tolist() == [False, True, False, False]
+    assert b.lengths().tolist() == [3, 1, 2, 3]
+    shard = b.shard(1, 2)
+    assert shard["response_ids"] == [[4], [9, 9, 9]] and shard["mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+
+
+def test_pad_right():
+    assert pad_right([[1, 2], [], [3]], value=-1).tolist() == [[1, 2], [-1, -1], [3, -1]]
+
+
+def test_grpo_advantages_with_kl_penalty_by_hand():
+    b = make_batch()
+    b.scores = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    b.old_logprobs = b.rollout_logprobs.clone()
+    b.ref_logprobs = b.old_logprobs - 0.1 * b.mask  # k1 KL = 0.1 per response token
+    m = compute_advantages(b, estimator="grpo", kl_estimator="k1", kl_coef=0.5, group_size=2, gamma=1.0, lam=1.0)
+    # Sequence returns: score - 0.5 * 0.1 * length = [0.85, -0.05, 0.4, 0.35].
+    # Group 0: mean 0.4, std (unbiased) = 0.45*sqrt(2) = 0.63640 -> +-0.70711; group 1: +-0.70711.
+    expected = torch.tensor([0.70711, -0.70711, 0.70711, -0.70711])
+    assert b.advantages[:, 0] == pytest.approx(expected, abs=1e-4)
+    assert (b.advantages * (1 - b.mask)).abs().sum() == 0  # 0 off the response
+    assert b.token_rewards[0].tolist() == pytest.approx([-0.05, -0.05, 0.95])  # score at the last token
+    assert m["kl/mean"] == pytest.approx((0.3 + 0.1 + 0.2 + 0.3) / 4)
+    assert m["kl/per_token"] == pytest.approx(0.1)
+
+
+def test_gae_uses_values():
+    b = make_batch()
+    b.scores = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    b.old_logprobs = b.ref_logprobs = b.rollout_logprobs
+    b.values = torch.full((4, 3), 0.5) * b.mask
+    compute_advantages(b, estimator="gae", kl_estimator="k1", kl_coef=0.0, group_size=2, gamma=1.0, lam=1.0)
+    # gamma = lam = 1: A_t = sum of future rewards - V_t = 1 - 0.5 on every token of row 0.
+    assert b.advantages[0].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    assert b.returns[0].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_metrics_length_correlation_and_mismatch():
+    b = make_batch()
+    b.scores = b.lengths().float()  # reward == length: the length trap, correlation 1
+    b.reward_components = {"rm": b.scores}
+    b.old_logprobs = b.rollout_logprobs + 0.01 * b.mask
+    m = rollout_metrics(b, true_rewards=[1.0, 0.0, 1.0, 0.0])
+    assert m["rollout/reward_length_corr"] == pytest.approx(1.0)
+    assert m["rollout/logprob_mismatch"] == pytest.approx(0.01, abs=1e-6)
+    assert m["rollout/response_length/mean"] == pytest.approx(2.25)
+    assert m["rollout/response_length/clip_frac"] == pytest.approx(0.25)
+    assert m["true_reward/mean"] == pytest.approx(0.5)
+    assert m["reward/rm"] == pytest.approx(2.25)
