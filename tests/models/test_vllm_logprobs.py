@@ -1,0 +1,78 @@
+"""The key agreement: vLLM's logprobs of the tokens it samples equal transformers' in float32.
+
+PPO's importance ratios and KL penalty compare the generator's logprobs with the learner's; on the
+embedded models the two engines must agree, or every later number is off.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+import torch
+
+from tandem.data.chat import prompt_ids
+from tandem.data.synthetic import rl_prompts
+from tandem.models import load_causal_lm, load_tokenizer
+
+TOLERANCE = 1e-4
+
+
+def _hf_logprobs(model, sequences: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+    """Logprob of each response token given everything before it, for (prompt, response) pairs:
+    one float32 forward of the right-padded batch (causal attention: padding after a token cannot
+    change it, and every row starts at position 0)."""
+    rows = [prompt + response for prompt, response in sequences]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])  # (B, T)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])  # (B, T)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(
+            model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
+        )  # (B, T, V)
+    out = []
+    for row, (prompt, response) in enumerate(sequences):
+        positions = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)  # each predicts the next
+        out.append(logprobs[row, positions, torch.tensor(response)])
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+def test_vllm_sampled_logprobs_match_transformers(name, model_dirs):
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+    from vllm import LLM, SamplingParams
+
+    tokenizer = load_tokenizer(name)
+    prompts = [prompt_ids(tokenizer, p) for p in rl_prompts("sort", 2) + rl_prompts("evens", 2)]
+    llm = LLM(
+        model=str(model_dirs[name]),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=128,
+        kv_cache_memory_bytes=64 << 20,
+        max_num_seqs=8,
+        seed=0,
+    )
+    try:
+        params = SamplingParams(n=4, temperature=1.0, max_tokens=16, logprobs=0)
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    finally:
+        del llm  # one engine at a time: free it before the next architecture's
+        gc.collect()
+
+    sequences, vllm_logprobs = [], []
+    for prompt, output in zip(prompts, outputs):
+        assert len(output.outputs) == 4
+        for completion in output.outputs:
+            response = list(completion.token_ids)
+            sequences.append((prompt, response))
+            # logprobs=0: one {token_id: Logprob} per position, holding the sampled token.
+            vllm_logprobs.append(
+                torch.tensor([completion.logprobs[i][t].logprob for i, t in enumerate(response)])
+            )
+    hf_logprobs = _hf_logprobs(load_causal_lm(name).eval(), sequences)
+    worst = max((v - h).abs().max().item() for v, h in zip(vllm_logprobs, hf_logprobs))
+    sampled = sum(len(r) for _, r in sequences)
+    print(f"{name}: {sampled} sampled tokens, max |vLLM - HF| logprob = {worst:.2e}")
+    assert sampled > 50 and worst < TOLERANCE
