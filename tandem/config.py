@@ -143,6 +143,10 @@ class TrainConfig(_Section):
     """Checkpoint every N optimizer steps (0: only at the end)."""
     log_every: int = Field(1, ge=1)
     """Metrics every N optimizer steps."""
+    keep_checkpoints: int = Field(1, ge=1)
+    """Newest resumable checkpoints kept in the run folder (older ones are deleted)."""
+    num_generate_eval: int = Field(64, ge=0)
+    """Held-out prompts whose generations are scored by the task's true reward at the end (0: skip)."""
 
 
 class DPOConfig(_Section):
@@ -199,6 +203,8 @@ class RewardComponent(_Section):
     """http: request timeout."""
     retries: int = Field(3, ge=0)
     """http: retries on failure."""
+    backoff_s: float = Field(0.5, gt=0)
+    """http: wait before the first retry; doubles with each further retry."""
 
 
 class RewardConfig(_Section):
@@ -275,6 +281,13 @@ class PPOConfig(_Section):
     """Place all roles in one placement group (share devices) instead of one group per role."""
 
 
+class PipelineConfig(_Section):
+    sft_config: str | None = None
+    """`tandem pipeline`: the SFT stage's job file; PPO starts from its model."""
+    rm_config: str | None = None
+    """`tandem pipeline`: the reward-model stage's job file; reward components with path "rm" use its model."""
+
+
 class Config(_Section):
     """A whole job. Each command reads the sections it needs."""
 
@@ -306,6 +319,8 @@ class Config(_Section):
     """`tandem serve-reward` HTTP server."""
     ppo: PPOConfig = PPOConfig()
     """The PPO loop."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """SFT -> RM -> PPO in one job (`tandem pipeline`)."""
 
 
 # ---------------------------------------------------------------------------------------------

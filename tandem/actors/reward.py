@@ -1,0 +1,194 @@
+"""The reward scorer: a weighted sum of reward components, each a reward model, a Python function or
+a remote HTTP endpoint, over batches of (prompt, response) text.
+
+Every component returns one finite float per sample; the scorer returns the weighted total and each
+component's own values, so the driver logs `reward/<name>` for every one of them. A component that
+raises or returns the wrong count or a non-finite value fails with a `RewardError` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.actors.http_reward import post_rewards
+from tandem.config import Config, RewardComponent
+from tandem.errors import UserError
+
+Prompt = str | Sequence[Mapping[str, Any]]  # text, or chat messages
+
+
+class RewardError(UserError):
+    """A reward component failed or returned something unusable; the message names it."""
+
+
+@dataclass
+class RewardResult:
+    total: list[float]  # (B,) sum over components of weight * value
+    components: dict[str, list[float]]  # component name -> (B,) its unweighted values
+
+
+def _describe(c: RewardComponent) -> str:
+    return f"reward component {c.name or c.kind!r} ({c.kind} {c.path!r})"
+
+
+def check_values(values: Any, n: int, what: str) -> list[float]:
+    """`values` as n finite floats, or a RewardError saying what is wrong and naming `what`."""
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise RewardError(f"{what} must return a list of numbers, got {type(values).__name__}: {err}") from None
+    if len(values) != n:
+        raise RewardError(f"{what} returned {len(values)} values for {n} samples")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise RewardError(f"{what} returned a non-finite value ({values[bad[0]]}) for sample {bad[0]} "
+                          f"({len(bad)} of {n} samples)")
+    return values
+
+
+class _Function:
+    def __init__(self, spec: str, task: str | None) -> None:
+        from tandem.data.rewards import load_reward_fn, task_reward
+
+        if spec == "task":
+            if task is None:
+                raise UserError('reward function "task" needs `data.task` (the built-in task whose true reward it is)')
+            self.fn = task_reward(task)
+        else:
+            self.fn = load_reward_fn(spec)
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        from tandem.data.chat import prompt_text
+
+        return self.fn([prompt_text(p) for p in prompts], list(responses))
+
+
+class _Model:
+    """An HF reward model as `tandem rm` saves it. Input = chat-templated prompt + response tokens +
+    EOS (`tandem.data.chat`), right-padded: the same rows the reward learner trained on."""
+
+    def __init__(self, path: str, dtype: str, batch_size: int, max_prompt_len: int, max_response_len: int) -> None:
+        import torch
+
+        from tandem.models import load_reward_model, load_tokenizer
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_reward_model(path, dtype).eval().requires_grad_(False).to(self.device)
+        self.tokenizer = load_tokenizer(path)
+        self.batch_size = batch_size
+        self.max_prompt_len, self.max_response_len = max_prompt_len, max_response_len
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        import torch
+
+        from tandem.data.chat import prompt_ids, response_ids
+        from tandem.learners.batching import pad_rows, truncate
+
+        rows = [truncate(prompt_ids(self.tokenizer, p), response_ids(self.tokenizer, r),
+                         self.max_prompt_len, self.max_response_len + 1)  # +1: the EOS
+                for p, r in zip(prompts, responses)]
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                batch = pad_rows(rows[start:start + self.batch_size], self.tokenizer.pad_token_id).to(self.device)
+                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                scores += logits[:, 0].float().cpu().tolist()
+        return scores
+
+
+class _Http:
+    def __init__(self, c: RewardComponent) -> None:
+        self.c = c
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        import os
+
+        token = os.environ.get(self.c.token_env)
+        if not token:
+            raise RewardError(f"{_describe(self.c)}: environment variable {self.c.token_env} (the bearer "
+                              "token) is not set")
+        return post_rewards(self.c.path, list(prompts), list(responses), token,
+                            timeout_s=self.c.timeout_s, retries=self.c.retries, backoff_s=self.c.backoff_s)
+
+
+class RewardScorer:
+    """Scores (prompt, response) batches with the configured components (the reward actor's body).
+
+    Args:
+        components: the components, summed with their weights.
+        task: built-in task name, for the function component "task".
+        rm_path: the directory substituted for a model component whose path is "rm" (this
+            pipeline's reward model run; the driver knows where it saved it).
+        dtype, batch_size, max_prompt_len, max_response_len: how reward models run.
+    """
+
+    def __init__(self, components: Sequence[RewardComponent], task: str | None = None, rm_path: str | None = None,
+                 dtype: str = "float32", batch_size: int = 64, max_prompt_len: int = 64,
+                 max_response_len: int = 32) -> None:
+        if not components:
+            raise UserError("`reward.components` is empty: nothing to score with")
+        names = [c.name or c.kind for c in components]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UserError(f"reward components share the metric name(s) {dupes}: give each a distinct `name`")
+        self.components = list(components)
+        self.names = names
+        self._fns = []
+        for c in components:
+            if c.kind == "function":
+                self._fns.append(_Function(c.path, task))
+            elif c.kind == "model":
+                path = rm_path if c.path == "rm" else c.path
+                if path is None:
+                    raise UserError('reward model path "rm" needs the reward model run of this pipeline')
+                self._fns.append(_Model(path, dtype, batch_size, max_prompt_len, max_response_len))
+            else:
+                self._fns.append(_Http(c))
+
+    @classmethod
+    def from_config(cls, cfg: Config, rm_path: str | None = None) -> RewardScorer:
+        return cls(cfg.reward.components, cfg.data.task, rm_path, cfg.model.dtype, cfg.reward.batch_size,
+                   cfg.model.max_prompt_len, cfg.model.max_response_len)
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> RewardResult:
+        """Rewards of a batch; `prompts` are text or chat messages, `responses` decoded text."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        n = len(responses)
+        total = [0.0] * n
+        parts: dict[str, list[float]] = {}
+        for c, name, fn in zip(self.components, self.names, self._fns):
+            if n == 0:
+                parts[name] = []
+                continue
+            try:
+                raw = fn(prompts, responses)
+            except RewardError:
+                raise
+            except Exception as err:  # a user's function may fail in any way: say which one
+                raise RewardError(f"{_describe(c)} raised {type(err).__name__}: {err}") from err
+            values = check_values(raw, n, _describe(c))
+            parts[name] = values
+            total = [t + c.weight * v for t, v in zip(total, values)]
+        return RewardResult(total, parts)
+
+
+def make_reward_actor(cfg: Config, rm_path: str | None = None) -> Any:
+    """Start the reward actor (`RewardScorer` in a Ray actor with `reward.cpus`/`reward.gpus`)."""
+    import os
+
+    import ray
+
+    from tandem.cluster.runtime import worker_env
+
+    # The actor may run on another node: hand it the HTTP components' tokens from the driver's env.
+    tokens = {c.token_env: os.environ[c.token_env] for c in cfg.reward.components
+              if c.kind == "http" and c.token_env in os.environ}
+    actor = ray.remote(RewardScorer).options(num_cpus=cfg.reward.cpus, num_gpus=cfg.reward.gpus,
+                                             resources=dict(cfg.reward.resources),
+                                             runtime_env={"env_vars": {**worker_env(), **tokens}})
+    return actor.remote(cfg.reward.components, cfg.data.task, rm_path, cfg.model.dtype, cfg.reward.batch_size,
+                        cfg.model.max_prompt_len, cfg.model.max_response_len)

@@ -1,0 +1,299 @@
+"""Rollout engines: Ray actors each hosting one vLLM engine, and the driver-side group over them.
+
+On CPU the engine runs in the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0: a 2-4 s start
+and 1 GB, against 20-35 s and 2.3 GB for the multiprocess engine). On GPUs an engine may span several
+GPUs (tensor parallel); its workers then live in a placement group of one bundle per GPU.
+
+Each engine carries a weight version: 0 for the weights it was started with, +1 per weight sync.
+Every sample records the version it was drawn with, so the driver can tell stale samples apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.config import Config, ModelConfig, RolloutConfig
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "tandem.actors.vllm_ext.WeightSyncExtension"
+
+
+@dataclass
+class Sample:
+    """One sampled response. Lists, not tensors: lengths differ per sample; P = prompt tokens,
+    R = response tokens (EOS included when the response stopped on it)."""
+
+    prompt_ids: list[int]  # (P,) after left-truncation to model.max_prompt_len
+    response_ids: list[int]  # (R,)
+    logprobs: list[float]  # (R,) logprob of each sampled token under the sampling weights (raw logits)
+    response_text: str  # the response decoded, special tokens (EOS) skipped
+    finish_reason: str  # "stop" (EOS or a stop token) or "length" (hit max_response_len)
+    weight_version: int  # engine weight version the sample was drawn with (0 = initial weights)
+    prompt_index: int  # index of its prompt in the request; a prompt's n samples are adjacent
+
+
+class RolloutEngine:
+    """The body of a rollout actor (wrapped with `ray.remote` by `RolloutGroup`; usable in-process)."""
+
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0) -> None:
+        from tandem.cluster.runtime import cuda_available, setup_env
+
+        setup_env()  # before vLLM is imported: the in-process engine on CPU
+        from vllm import LLM
+
+        from tandem.models import resolve_model
+
+        self.model_cfg, self.rollout_cfg = model, rollout
+        self.path = resolve_model(model.path)
+        on_gpu = cuda_available()
+        memory: dict[str, Any] = (
+            {"gpu_memory_utilization": rollout.gpu_memory_utilization} if on_gpu
+            else {"kv_cache_memory_bytes": rollout.kv_cache_mb << 20}
+        )
+        if rollout.tensor_parallel_size > 1:
+            # Workers become Ray actors in the placement group this actor was scheduled into.
+            memory["distributed_executor_backend"] = "ray"
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=self.path,
+            dtype=model.dtype,
+            seed=seed,
+            max_model_len=model.max_prompt_len + model.max_response_len,
+            max_num_seqs=rollout.max_num_seqs,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            enforce_eager=not on_gpu,  # CUDA graphs pay off on GPUs; on CPU eager is faster to start
+            worker_extension_cls=EXTENSION,
+            **memory,
+        )
+        self.startup_s = time.perf_counter() - started
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
+        self.last_sync: dict[str, float] = {}
+        # Printed, not logged: Ray forwards actor stdout to the driver's console, once per engine.
+        print(f"vLLM engine for {self.path} up in {self.startup_s:.1f} s", flush=True)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _sampling(self, n: int, greedy: bool, max_tokens: int | None, temperature: float | None,
+                  seed: int | None = None) -> Any:
+        from vllm import SamplingParams
+
+        s = self.rollout_cfg.sampling
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else s.temperature if temperature is None else temperature,
+            top_p=1.0 if greedy else s.top_p,
+            top_k=-1 if greedy else s.top_k,
+            max_tokens=max_tokens or self.model_cfg.max_response_len,
+            logprobs=0,  # 0 = only the sampled token's logprob
+            detokenize=False,  # decoded in `generate`, in one batch
+            seed=seed,
+        )
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False,
+                 max_tokens: int | None = None, temperature: float | None = None,
+                 seed: int | None = None, index_offset: int = 0) -> list[Sample]:
+        """`n` samples per prompt, prompt-major (prompt 0's samples first), with their logprobs.
+
+        `seed` makes sampling reproducible: prompt i (counted from `index_offset`, its index in the
+        whole request when a group splits one over engines) gets seed `seed + i * n`, and vLLM adds
+        the sample index; so repeated prompts and different engines still draw different samples.
+        """
+        limit = self.model_cfg.max_prompt_len
+        prompts = [list(p)[-limit:] for p in prompt_token_ids]  # truncate from the left
+        params: Any = self._sampling(n, greedy, max_tokens, temperature)
+        if seed is not None and not greedy:
+            params = [self._sampling(n, greedy, max_tokens, temperature, seed + (index_offset + i) * n)
+                      for i in range(len(prompts))]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        samples = []
+        for index, (prompt, out) in enumerate(zip(prompts, outputs), start=index_offset):
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                logprobs = [position[tok].logprob for tok, position in zip(ids, completion.logprobs)]
+                samples.append(Sample(prompt, ids, logprobs, "", str(completion.finish_reason), self.version, index))
+        # Decoded in one batch here rather than by vLLM's incremental detokenizer, which holds back a
+        # trailing partial UTF-8 character: the text must be exactly what the tokens say, since
+        # reward models re-tokenize it.
+        texts = self.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+        for sample, text in zip(samples, texts):
+            sample.response_text = text
+        return samples
+
+    def generate_text(self, prompts: Sequence[str | Sequence[Mapping[str, Any]]], n: int = 1,
+                      greedy: bool = True, **kwargs: Any) -> list[Sample]:
+        """Render prompts (text or chat messages) with the chat template, then `generate`."""
+        from tandem.data.chat import prompt_ids
+
+        return self.generate([prompt_ids(self.tokenizer, p) for p in prompts], n=n, greedy=greedy, **kwargs)
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+              ) -> list[list[float]]:
+        """Logprobs of given responses under the engine's current weights: one list per sequence,
+        one value per response token (the layout of `Sample.logprobs`). Uses prompt logprobs."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        requests = [{"prompt_token_ids": [*p, *r]} for p, r in zip(prompt_ids, response_ids)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for out, response in zip(outputs, response_ids):
+            tail = list(zip(response, out.prompt_logprobs[len(out.prompt_logprobs) - len(response):]))
+            result.append([position[tok].logprob for tok, position in tail])
+        return result
+
+    # -- weight sync ---------------------------------------------------------------------------
+
+    def num_workers(self) -> int:
+        """Ranks this engine takes in the weight broadcast group (one per tensor-parallel worker)."""
+        return self.rollout_cfg.tensor_parallel_size
+
+    def init_weight_sync(self, master_addr: str, master_port: int, rank_offset: int, world_size: int,
+                         timeout_s: float = 300.0) -> None:
+        self.llm.collective_rpc("tandem_init_weight_sync",
+                                args=(master_addr, master_port, rank_offset, world_size, timeout_s))
+
+    def receive_weights(self) -> int:
+        """Load one weight stream from the learner; returns the new weight version. Timings of the
+        last sync are in `info()["last_sync"]`."""
+        started = time.perf_counter()
+        stats = self.llm.collective_rpc("tandem_receive_weights")[0]  # worker 0's; the others match
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.version += 1
+        self.last_sync = {**stats, "total_s": time.perf_counter() - started}
+        logger.info("weights v%d: %d tensors, %.1f MB in %.3f s (%.3f s receiving)", self.version,
+                    stats["tensors"], stats["bytes"] / 1e6, self.last_sync["total_s"], stats["receive_s"])
+        return self.version
+
+    def info(self) -> dict[str, Any]:
+        """Model path, startup seconds, weight version and the last sync's numbers (tensors, bytes,
+        total_s, receive_s: the rest is vLLM's loading), for the driver's logs."""
+        return {"path": self.path, "startup_s": self.startup_s, "weight_version": self.version,
+                "last_sync": self.last_sync}
+
+
+def _split(n_items: int, n_parts: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal [start, end) ranges; the first `n_items % n_parts` get one more."""
+    base, extra = divmod(n_items, n_parts)
+    ranges, start = [], 0
+    for i in range(n_parts):
+        end = start + base + (i < extra)
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
+class RolloutGroup:
+    """The driver's handle on `rollout.num_engines` engine actors: spreads prompts over them and
+    gathers results in prompt order."""
+
+    def __init__(self, cfg: Config, engines: Sequence[Any] | None = None) -> None:
+        import ray
+
+        from tandem.cluster.runtime import worker_env
+
+        self.cfg = cfg
+        if engines is not None:
+            self.engines = list(engines)
+            return
+        r = cfg.rollout
+        actor = ray.remote(RolloutEngine)
+        self.engines, self._pgs = [], []
+        try:
+            for i in range(r.num_engines):
+                options: dict[str, Any] = {"num_cpus": r.cpus_per_engine, "num_gpus": r.gpus_per_engine,
+                                           "resources": dict(r.resources), "runtime_env": {"env_vars": worker_env()}}
+                if r.tensor_parallel_size > 1:
+                    options.update(self._tensor_parallel_options(r))
+                # Engine seeds differ so unseeded engines do not draw the same samples.
+                self.engines.append(actor.options(**options).remote(cfg.model, r, cfg.run.seed + i))
+            self.wait_ready()
+        except BaseException:
+            self.shutdown()  # no half-started group left holding CPUs/GPUs
+            raise
+
+    def _tensor_parallel_options(self, r: RolloutConfig) -> dict[str, Any]:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # vLLM's Ray executor places one worker per bundle of the placement group it runs in.
+        bundles = [{"GPU": 1, "CPU": 1} for _ in range(r.tensor_parallel_size)]
+        bundles[0].update(r.resources)  # the engine's custom resources pin its first worker's node
+        pg = placement_group(bundles, strategy="STRICT_PACK")
+        ray.get(pg.ready())
+        self._pgs.append(pg)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_capture_child_tasks=True)
+        return {"num_gpus": 0, "num_cpus": 0, "resources": {}, "scheduling_strategy": strategy}
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        """Block until every engine is up; returns their `info()` (startup times included)."""
+        import ray
+
+        return ray.get([e.info.remote() for e in self.engines])
+
+    def _fan_out(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Contiguous slices of the items to the engines at once; results concatenated in order."""
+        import ray
+
+        parts = [(a, b) for a, b in _split(len(items), len(self.engines)) if b > a]
+        refs = []
+        for engine, (a, b) in zip(self.engines, parts):
+            # generate* number prompts (and derive seeds) from the slice's place in the whole request
+            offset = {"index_offset": a} if method.startswith("generate") else {}
+            refs.append(getattr(engine, method).remote(items[a:b], *(x[a:b] for x in extra), **kwargs, **offset))
+        return [item for chunk in ray.get(refs) for item in chunk]
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False,
+                 **kwargs: Any) -> list[Sample]:
+        """`n` samples per prompt over all engines, prompt-major in the order of `prompt_token_ids`."""
+        return self._fan_out("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs)
+
+    def generate_text(self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any) -> list[Sample]:
+        return self._fan_out("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        return self._fan_out("score", list(prompt_ids), list(response_ids))
+
+    def weight_versions(self) -> list[int]:
+        import ray
+
+        return [i["weight_version"] for i in ray.get([e.info.remote() for e in self.engines])]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for engine in self.engines:
+            ray.kill(engine)
+        for pg in getattr(self, "_pgs", []):
+            ray.util.remove_placement_group(pg)
+        self.engines, self._pgs = [], []
+
+
+@dataclass
+class EvalResult:
+    """Held-out generations and their rewards."""
+
+    samples: list[Sample]  # (N * n,) prompt-major
+    rewards: list[float]  # (N * n,) reward of each sample
+    mean_reward: float
+
+
+def evaluate(group: RolloutGroup | RolloutEngine, prompts: Sequence[str | Sequence[Mapping[str, Any]]],
+             reward_fn: Any, n: int = 1, greedy: bool = True) -> EvalResult:
+    """Generate for held-out prompts (greedy by default: a deterministic score of the policy) and
+    score them with a batched `reward_fn(prompt_texts, responses)`, e.g. a task's true reward
+    (`tandem.data.rewards.task_reward(name)`)."""
+    from tandem.data.chat import prompt_text
+
+    samples = group.generate_text(list(prompts), n=n, greedy=greedy)
+    texts = [prompt_text(prompts[s.prompt_index]) for s in samples]
+    rewards = [float(r) for r in reward_fn(texts, [s.response_text for s in samples])]
+    mean = sum(rewards) / len(rewards) if rewards else float("nan")
+    return EvalResult(samples, rewards, mean)

@@ -1,0 +1,298 @@
+"""Actor groups: N ranks of one role as Ray actors in a placement group, called all at once.
+
+A group is how the driver talks to a role ("policy", "critic", "rm", ...): it places the ranks,
+gives each the torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT),
+dispatches one method to every rank and collects the results in rank order. Any rank that dies or
+raises fails the whole call at once, with an error naming the role and rank; the other ranks, which
+may be blocked in a collective with the dead one, are not waited for.
+
+Rank 0 is created first and publishes its node's address and a free port on it; the other ranks
+are created with those in their environment. So an actor's `__init__` must not start collectives:
+the role's own setup method does that, once every rank exists (see `tandem.learners.base`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+from tandem.cluster.runtime import worker_env
+
+#: Longest single wait inside `collect` (signals such as Ctrl-C are handled between waits).
+_POLL_S = 1.0
+#: Placement-group strategies Ray accepts.
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+class ActorGroupError(RuntimeError):
+    """A rank of a group died, raised, or did not answer in time; names the role and rank(s)."""
+
+    def __init__(self, message: str, role: str, ranks: Sequence[int]) -> None:
+        super().__init__(message)
+        self.role = role
+        self.ranks = list(ranks)
+
+
+def make_placement_group(
+    num_bundles: int,
+    cpus_per_bundle: float,
+    gpus_per_bundle: float = 0.0,
+    strategy: str = "PACK",
+    name: str = "",
+    timeout_s: float = 300.0,
+    resources: Mapping[str, float] | None = None,
+):
+    """A placement group of identical bundles, ready (resources reserved) when it returns.
+
+    `resources`: Ray custom resources of each bundle (e.g. {"node_learn": 1} pins it to nodes
+    that advertise that resource).
+
+    Raises ActorGroupError if the cluster cannot provide the bundles within `timeout_s` (a common
+    cause: asking for more CPUs/GPUs than the cluster has).
+    """
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"placement strategy must be one of {STRATEGIES}, got {strategy!r}")
+    bundle: dict[str, float] = {"CPU": cpus_per_bundle, **(resources or {})}
+    if gpus_per_bundle:
+        bundle["GPU"] = gpus_per_bundle
+    pg = placement_group([dict(bundle) for _ in range(num_bundles)], strategy=strategy, name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise ActorGroupError(
+            f"{name or 'placement group'}: {num_bundles} bundles of {bundle} ({strategy}) were not "
+            f"available within {timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}",
+            name,
+            list(range(num_bundles)),
+        )
+    return pg
+
+
+def _bundle_nodes(pg, indices: Sequence[int]) -> list[str]:
+    from ray.util.placement_group import placement_group_table
+
+    table = placement_group_table(pg)["bundles_to_node_id"]
+    return [table[i] for i in indices]
+
+
+def _publish_master(actor: Any) -> tuple[str, int]:
+    """Runs inside rank 0 (via `__ray_call__`): its node address and a free port there, also set
+    in its own environment so its later `init_process_group` finds them."""
+    import ray
+
+    addr = ray.util.get_node_ip_address()
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    return addr, port
+
+
+class ActorGroup:
+    """`num_actors` Ray actors of `actor_cls` (one rank each) for one named role.
+
+    Args:
+        role: name used in errors and actor names ("policy", "critic", ...).
+        actor_cls: a plain class (wrapped with `ray.remote`) or a Ray actor class.
+        num_actors: ranks (the world size of the role's process group).
+        cpus_per_actor, gpus_per_actor: each rank's bundle.
+        resources: Ray custom resources of each rank (pins the role to nodes that have them).
+        strategy: placement strategy of a new placement group (PACK, SPREAD, ...).
+        args, kwargs: constructor arguments, the same for every rank.
+        env: extra environment variables of every rank.
+        timeout_s: default time limit of `call` (None: wait as long as every rank is alive).
+        ready_timeout_s: limit for placing the group and running the constructors.
+        placement_group, bundle_indices: place the ranks in an existing placement group (colocated
+            roles share one); the group then does not remove it on shutdown.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        actor_cls: type,
+        num_actors: int,
+        *,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        strategy: str = "PACK",
+        resources: Mapping[str, float] | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        ready_timeout_s: float = 300.0,
+        placement_group: Any = None,
+        bundle_indices: Sequence[int] | None = None,
+    ) -> None:
+        import ray
+
+        if num_actors < 1:
+            raise ValueError(f"{role}: num_actors must be >= 1, got {num_actors}")
+        self.role = role
+        self.world_size = num_actors
+        self.timeout_s = timeout_s
+        self._owns_pg = placement_group is None
+        self._pg = placement_group or make_placement_group(
+            num_actors, cpus_per_actor, gpus_per_actor, strategy,
+            # Unique: placement-group names are cluster-wide, and jobs may share a cluster.
+            name=f"{role}-{uuid.uuid4().hex[:8]}", timeout_s=ready_timeout_s, resources=resources,
+        )
+        self._bundles = list(bundle_indices) if bundle_indices is not None else list(range(num_actors))
+        if len(self._bundles) != num_actors:
+            raise ValueError(f"{role}: {num_actors} actors but {len(self._bundles)} bundle indices")
+        remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
+        self._options = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
+        if resources:
+            self._options["resources"] = dict(resources)
+        self._ctor = (tuple(args), dict(kwargs or {}))
+        self._env = {**worker_env(), **(env or {}), "WORLD_SIZE": str(num_actors), "TANDEM_ROLE": role}
+        self.actors: list[Any] = []
+        try:
+            self._start(remote_cls, ready_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, remote_cls: Any, ready_timeout_s: float) -> None:
+        nodes = _bundle_nodes(self._pg, self._bundles)
+        self.actors.append(self._create(remote_cls, 0, nodes))
+        self.master_addr, self.master_port = self.collect(
+            [self.actors[0].__ray_call__.remote(_publish_master)], "startup", ready_timeout_s
+        )[0]
+        for rank in range(1, self.world_size):
+            self.actors.append(self._create(remote_cls, rank, nodes))
+        self.collect([a.__ray_ready__.remote() for a in self.actors], "startup", ready_timeout_s)
+        self.node_ids = nodes
+
+    def _create(self, remote_cls: Any, rank: int, nodes: list[str]) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        node = nodes[rank]
+        env = dict(self._env)
+        env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(nodes[:rank].count(node)),
+            LOCAL_WORLD_SIZE=str(nodes.count(node)),
+        )
+        if rank > 0:
+            env.update(MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port))
+        args, kwargs = self._ctor
+        return remote_cls.options(
+            **self._options,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, self._bundles[rank]),
+            runtime_env={"env_vars": env},
+        ).remote(*args, **kwargs)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def async_call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Start `method(*args, **kwargs)` on every rank; returns their ObjectRefs in rank order."""
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def async_call_per_rank(
+        self, method: str, per_rank_args: Sequence[Sequence[Any]], per_rank_kwargs: Sequence[Mapping] | None = None
+    ) -> list[Any]:
+        """Start `method(*per_rank_args[r], **per_rank_kwargs[r])` on each rank r; ObjectRefs."""
+        if len(per_rank_args) != self.world_size:
+            raise ValueError(f"{self.role}: {len(per_rank_args)} argument sets for {self.world_size} ranks")
+        per_rank_kwargs = per_rank_kwargs or [{}] * self.world_size
+        return [
+            getattr(actor, method).remote(*a, **k)
+            for actor, a, k in zip(self.actors, per_rank_args, per_rank_kwargs, strict=True)
+        ]
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """`method(*args, **kwargs)` on every rank; the results in rank order."""
+        return self.collect(self.async_call(method, *args, **kwargs), method, self.timeout_s)
+
+    def call_per_rank(
+        self, method: str, per_rank_args: Sequence[Sequence[Any]], per_rank_kwargs: Sequence[Mapping] | None = None
+    ) -> list[Any]:
+        """`method` on each rank with that rank's arguments; the results in rank order."""
+        refs = self.async_call_per_rank(method, per_rank_args, per_rank_kwargs)
+        return self.collect(refs, method, self.timeout_s)
+
+    def collect(self, refs: Sequence[Any], what: str = "call", timeout_s: float | None = None) -> list[Any]:
+        """Results of one ObjectRef per rank, in rank order.
+
+        Fails fast: the first rank to die or raise ends the wait with an ActorGroupError naming the
+        role and rank (its peers may be stuck in a collective with it and never return). Ranks still
+        running after `timeout_s` are named in the error too.
+        """
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        results: list[Any] = [None] * len(refs)
+        pending = {ref: rank for rank, ref in enumerate(refs)}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            left = _POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.monotonic()))
+            # Short waits in a loop: a blocking ray.wait would not let Ctrl-C through.
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not ready and (deadline is None or time.monotonic() < deadline):
+                continue
+            if not ready:
+                ranks = sorted(pending.values())
+                raise ActorGroupError(
+                    f"{self.role}: rank(s) {ranks} did not finish {what!r} within {timeout_s:.0f}s", self.role, ranks
+                )
+            for ref in ready:
+                rank = pending.pop(ref)
+                try:
+                    results[rank] = ray.get(ref)
+                except RayActorError as e:
+                    raise ActorGroupError(
+                        f"{self.role} rank {rank} died during {what!r}: {_first_line(e)}", self.role, [rank]
+                    ) from e
+                except RayTaskError as e:
+                    raise ActorGroupError(
+                        f"{self.role} rank {rank} failed in {what!r}: {_cause(e)}", self.role, [rank]
+                    ) from e
+        return results
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Kill every rank and free the placement group (if the group made it). Idempotent."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        # Failures here mean the thing is already gone (a dead actor, a removed group).
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self._owns_pg and self._pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._pg)
+            self._pg = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"ActorGroup(role={self.role!r}, world_size={self.world_size})"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _cause(err: BaseException) -> str:
+    """The user-level exception inside a RayTaskError (type and message), not Ray's wrapping."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    return _first_line(err)

@@ -1,0 +1,199 @@
+"""Weight sync from the policy learner to the rollout engines: the broadcast group, the wire format,
+and the driver-side orchestration.
+
+One dedicated process group joins learner rank 0 (rank 0 of the group, the only sender) and every
+vLLM worker of every engine (ranks 1..N). It is made directly from a `TCPStore` and a
+`ProcessGroupGloo` (NCCL on GPUs), beside the learners' own default group, so the two never mix.
+The store is hosted by the driver, which makes the rendezvous address one that every member can reach
+and a free port that is known before anyone connects.
+
+Wire format, repeated per bucket: an int64 header length, a JSON header (names, shapes, dtype), then
+the bucket's tensors flattened into one buffer of one dtype. A zero header length ends the stream.
+Tensors never travel through Ray's object store; only the addresses and small control calls do.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# dtype names in the header: str(torch.float32) is "torch.float32".
+_DTYPES = {str(t): t for t in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+def default_backend() -> str:
+    """"nccl" where CUDA is present, else "gloo": every member decides by the same rule."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+class BroadcastGroup:
+    """A process group for broadcasts from rank 0, made without a default group."""
+
+    def __init__(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                 backend: str | None = None, timeout_s: float = 300.0) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.backend = backend or default_backend()
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(master_addr, master_port, world_size=None, is_master=False, timeout=timeout)
+        # A prefix keeps our keys apart from anything else sharing the store.
+        self._store = dist.PrefixStore("tandem-weight-sync", store)
+        if self.backend == "gloo":
+            self._pg = dist.ProcessGroupGloo(self._store, rank, world_size, timeout)
+            self.device = torch.device("cpu")
+        elif self.backend == "nccl":
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self._pg = dist.ProcessGroupNCCL(self._store, rank, world_size, options)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            raise ValueError(f"unknown weight-sync backend {self.backend!r}; expected gloo or nccl")
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Broadcast `tensor` in place from rank 0 (a collective: every member must call it)."""
+        self._pg.broadcast(tensor, 0).wait()
+
+
+def send_bucket(group: BroadcastGroup, pairs: Sequence[tuple[str, torch.Tensor]]) -> int:
+    """Send one bucket of same-dtype tensors (rank 0 only); returns its payload bytes."""
+    dtypes = {t.dtype for _, t in pairs}
+    if len(dtypes) != 1:
+        raise ValueError(f"a bucket holds one dtype, got {sorted(map(str, dtypes))}")
+    header = {"names": [n for n, _ in pairs], "shapes": [list(t.shape) for _, t in pairs],
+              "dtype": str(dtypes.pop())}
+    _send_header(group, header)
+    # One flat buffer per bucket: one collective instead of one per parameter.
+    flat = torch.cat([t.detach().reshape(-1) for _, t in pairs]).to(group.device)
+    group.broadcast(flat)
+    return flat.numel() * flat.element_size()
+
+
+def end_stream(group: BroadcastGroup) -> None:
+    """Tell the receivers that the stream is complete (rank 0 only)."""
+    group.broadcast(torch.zeros(1, dtype=torch.int64, device=group.device))
+
+
+def receive_stream(group: BroadcastGroup, device: torch.device | str | None = None
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(name, tensor)` pairs as buckets arrive, until the sender ends the stream.
+
+    Lazy on purpose: vLLM's loader consumes it while the sender is still sending, so at most a
+    bucket (plus the layer being assembled) is held at once. Tensors are views into a fresh
+    per-bucket buffer, so later buckets never overwrite earlier ones. (Receiving the next bucket in
+    a thread while the loader works was tried: no gain on 2 CPU cores, where both compete for them.)
+    """
+    while True:
+        length = torch.zeros(1, dtype=torch.int64, device=group.device)
+        group.broadcast(length)
+        if int(length.item()) == 0:
+            return
+        raw = torch.empty(int(length.item()), dtype=torch.uint8, device=group.device)
+        group.broadcast(raw)
+        header = json.loads(bytes(raw.cpu().tolist()).decode())
+        dtype = _DTYPES[header["dtype"]]
+        numels = [_numel(shape) for shape in header["shapes"]]
+        flat = torch.empty(sum(numels), dtype=dtype, device=group.device)
+        group.broadcast(flat)
+        if device is not None:
+            flat = flat.to(device)
+        for name, shape, part in zip(header["names"], header["shapes"], flat.split(numels)):
+            yield name, part.view(shape)
+
+
+def _send_header(group: BroadcastGroup, header: dict[str, Any]) -> None:
+    data = json.dumps(header).encode()
+    group.broadcast(torch.tensor([len(data)], dtype=torch.int64, device=group.device))
+    group.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(group.device))
+
+
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side.
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostbyname("localhost")
+
+
+def _get_fail_fast(refs: list[Any], what: str) -> list[Any]:
+    """ray.get that raises at the first failure: the other side of a broken broadcast would otherwise
+    sit in a collective until its timeout."""
+    import ray
+
+    pending, order = list(refs), {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            results[order[done[0]]] = ray.get(done[0])
+        except Exception as err:
+            raise RuntimeError(f"weight sync failed during {what}; the broadcast group is now unusable "
+                               f"(its members time out and must be recreated): {err}") from err
+    return results
+
+
+class WeightSync:
+    """The driver's handle on one learner -> engines broadcast group.
+
+    `learners` are the policy learner rank actors (all ranks: under ZeRO-3 gathering full weights is
+    a collective), each with `init_weight_sync(addr, port, world_size)` and `sync_weights(bucket_mb)`;
+    `engines` are rollout engine actors (`tandem.actors.rollout.RolloutEngine`).
+
+    The rendezvous store lives in this (the driver's) process, so every member must reach the
+    driver's node: true for local runs and Ray Jobs (`tandem submit`), not for a Ray Client
+    (`ray://`) driver outside the cluster.
+    """
+
+    def __init__(self, learners: Sequence[Any], engines: Sequence[Any], bucket_mb: int,
+                 timeout_s: float = 300.0) -> None:
+        if not learners or not engines:
+            raise ValueError("weight sync needs at least one learner and one engine")
+        # An ActorGroup (tandem.cluster.groups) or a plain list of rank actors.
+        self.learners, self.engines = list(getattr(learners, "actors", learners)), list(engines)
+        self.bucket_mb, self.timeout_s = bucket_mb, timeout_s
+        self._store: dist.TCPStore | None = None
+        self.last_seconds = 0.0
+
+    def setup(self) -> None:
+        """Create the group: host the store here, then every member joins at once (a rendezvous)."""
+        import ray
+
+        addr = _node_ip()
+        # Port 0: the OS picks a free port; held by this object for the group's lifetime (NCCL reads
+        # the store lazily at the first collective).
+        self._store = dist.TCPStore(addr, 0, world_size=None, is_master=True,
+                                    timeout=timedelta(seconds=self.timeout_s), wait_for_workers=False)
+        port = self._store.port
+        workers = ray.get([e.num_workers.remote() for e in self.engines])
+        world_size = 1 + sum(workers)
+        refs = [learner.init_weight_sync.remote(addr, port, world_size) for learner in self.learners]
+        offset = 1
+        for engine, n in zip(self.engines, workers):
+            refs.append(engine.init_weight_sync.remote(addr, port, offset, world_size, self.timeout_s))
+            offset += n
+        _get_fail_fast(refs, "setup")
+
+    def sync(self) -> list[int]:
+        """Stream the learner's current weights into every engine; returns the engines' new versions."""
+        if self._store is None:
+            self.setup()
+        started = time.perf_counter()
+        receives = [engine.receive_weights.remote() for engine in self.engines]
+        sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
+        results = _get_fail_fast(sends + receives, "sync")
+        self.last_seconds = time.perf_counter() - started
+        return results[len(sends):]

@@ -1,0 +1,126 @@
+"""`tandem train CONFIG`: PPO (or GRPO, RLOO, REINFORCE++) against a reward, with a KL penalty to the
+frozen reference, as a single-controller loop over Ray actors.
+
+One step: generate (vLLM engines) -> score (reward actor, reference actor, policy's pi_old, critic
+values, all at once) -> shape rewards and advantages -> critic update -> policy update -> weight sync
+-> log -> checkpoint. Roles are built by `tandem.recipes.ppo_roles`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from tandem.algos import make_kl_controller
+from tandem.config import Config
+from tandem.errors import UserError
+from tandem.recipes import common
+from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
+from tandem.recipes.ppo_roles import Roles, ppo_learner_config
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str):
+    started = time.perf_counter()
+    yield
+    timings[f"timing/{stage}"] = time.perf_counter() - started
+
+
+def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_after: int | None = None) -> int:
+    """The PPO loop from `run.start_step` to `ppo.steps`; returns the last step done."""
+    from tqdm.auto import tqdm
+
+    p = cfg.ppo
+    kl_ctl = make_kl_controller(p.kl_controller, **_kl_args(cfg))
+    order = common.BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
+                              max_steps=p.steps, seed=cfg.run.seed)
+    if run.resume_from is not None:
+        kl_ctl.load_state_dict(roles.restore(run.resume_from)["kl_controller"])
+    step = run.start_step
+    bar = tqdm(total=p.steps, initial=step, desc="ppo", unit="step", dynamic_ncols=True)
+    for step in range(run.start_step + 1, p.steps + 1):
+        t: dict[str, float] = {}
+        step_prompts = [prompts[i] for i in order.indices(step - 1)]
+        with timed(t, "generate"):
+            batch = roles.generate(step_prompts, p.samples_per_prompt)
+        with timed(t, "score"):
+            true_rewards = roles.score(batch)
+        with timed(t, "advantages"):
+            kl_metrics = compute_advantages(batch, estimator=p.advantage, kl_estimator=p.kl_estimator,
+                                            kl_coef=kl_ctl.value, group_size=p.samples_per_prompt,
+                                            gamma=p.gamma, lam=p.lam)
+        metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
+        if roles.critic is not None:
+            with timed(t, "critic_update"):
+                metrics |= roles.update("critic", batch)
+        with timed(t, "policy_update"):
+            metrics |= roles.update("policy", batch)
+        with timed(t, "weight_sync"):
+            roles.sync_weights()
+        kl_ctl.update(kl_metrics["kl/mean"], len(batch))
+        metrics |= kl_metrics | t | _throughput(batch, t)
+        run.tracker.log(metrics, step=step)
+        if step % p.sample_table_every == 0 or step == p.steps:
+            run.tracker.table("samples", ["prompt", "response", "reward"],
+                              [[q, r, s] for q, r, s in zip(batch.prompts, batch.responses, batch.scores.tolist())][:16],
+                              step=step)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{kl_metrics['kl/mean']:.3f}")
+        stopping = stop_after is not None and step >= stop_after
+        if step == p.steps or stopping or (p.save_every and step % p.save_every == 0):
+            roles.save(run, step, {"kl_controller": kl_ctl.state_dict(), "samples_seen": step * len(batch)})
+        if stopping:
+            break
+    bar.close()
+    return step
+
+
+def _kl_args(cfg: Config) -> dict[str, Any]:
+    p = cfg.ppo
+    if p.kl_controller == "fixed":
+        return {"kl_coef": p.kl_coef}
+    return {"init_kl_coef": p.kl_coef, "target": p.kl_target, "horizon": p.kl_horizon}
+
+
+def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
+    tokens = float(batch.lengths().sum())
+    train_s = t["timing/policy_update"] + t.get("timing/critic_update", 0.0)
+    step_s = sum(t.values())
+    return {"perf/generate_tokens_per_s": tokens / max(t["timing/generate"], 1e-9),
+            "perf/train_tokens_per_s": tokens / max(train_s, 1e-9),
+            "perf/samples_per_s": len(batch) / max(step_s, 1e-9),
+            "timing/step": step_s}
+
+
+def load_prompts(cfg: Config) -> list[str | list[dict]]:
+    """RL prompts: the user's files (column `prompt`), else the built-in task's training split."""
+    from tandem.data import load_data_file, rl_prompts
+
+    if cfg.data.train_files:
+        return [r["prompt"] for f in cfg.data.train_files for r in load_data_file(f, "rl")]
+    if cfg.data.task is None:
+        raise UserError("no prompts: set data.task or data.train_files")
+    return rl_prompts(cfg.data.task, cfg.data.num_train, seed=cfg.run.seed, split="train")
+
+
+def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None,
+        rm_path: str | None = None) -> dict[str, Any]:
+    """The whole PPO job; returns its summary (also `<run_dir>/summary.json`)."""
+    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, cfg.learner),
+                                 "critic": ppo_learner_config(cfg, cfg.critic)})
+    prompts = load_prompts(cfg)
+    run = common.start_run(cfg, "ppo", resume_dir)
+    with Roles(cfg, rm_path) as roles:
+        step = train(cfg, roles, run, prompts, stop_after)
+        final = roles.export_final(run) if step == cfg.ppo.steps else None
+    summary = {"steps": step, **({"final_model": str(final)} if final else {"stopped_at": step})}
+    return common.finish_run(run, summary)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    with common.ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
+        run(cfg, getattr(args, "resume", None))
+    return 0
+

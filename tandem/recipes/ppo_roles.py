@@ -1,0 +1,222 @@
+"""The PPO job's roles as Ray actors, and the few coarse calls the driver makes on them.
+
+Roles: rollout engines (vLLM), the reward actor, the reference actor, the policy learner group
+(DeepSpeed ZeRO) and, for GAE, the critic learner group. Each role's CPUs/GPUs and custom resources
+come from its config section, so the same config places roles on one machine or across nodes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+
+from tandem.cluster.groups import ActorGroup
+from tandem.config import Config, LearnerConfig
+from tandem.errors import UserError
+from tandem.recipes import common
+from tandem.recipes.ppo_batch import RolloutBatch, pad_right
+
+# Per-response-token lists each learner trains on, by role.
+TRAIN_KEYS = {"policy": ("old_logprobs", "advantages"), "critic": ("values", "returns")}
+
+
+def ppo_learner_config(cfg: Config, learner: LearnerConfig) -> LearnerConfig:
+    """The learner's batch sizes for PPO: one optimizer step per minibatch of the rollout batch."""
+    p = cfg.ppo
+    rollout_batch = p.prompts_per_step * p.samples_per_prompt
+    if rollout_batch % p.num_minibatches:
+        raise UserError(f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
+                        f"(prompts_per_step x samples_per_prompt = {rollout_batch})")
+    minibatch = rollout_batch // p.num_minibatches
+    if minibatch % learner.world_size:
+        raise UserError(f"a PPO minibatch of {minibatch} sequences does not split over "
+                        f"world_size {learner.world_size} learner ranks")
+    micro = math.gcd(learner.micro_batch_size, minibatch // learner.world_size)
+    return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
+
+
+class Roles:
+    """Starts every role of the job (context manager: all are stopped on exit)."""
+
+    def __init__(self, cfg: Config, rm_path: str | None = None) -> None:
+        self.cfg = cfg
+        self._groups: list[Any] = []
+        try:
+            self._start(rm_path)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @staticmethod
+    def cpus_needed(cfg: Config) -> int:
+        """Logical CPUs a local Ray needs to place every role."""
+        r, p = cfg.rollout, cfg.ppo
+        total = r.num_engines * r.cpus_per_engine + cfg.reward.cpus + cfg.reference.cpus
+        total += cfg.learner.world_size * cfg.learner.cpus_per_rank
+        if p.advantage == "gae":
+            total += cfg.critic.world_size * cfg.critic.cpus_per_rank
+        return math.ceil(total)
+
+    def _start(self, rm_path: str | None) -> None:
+        import ray
+
+        from tandem.actors.reference import make_reference_actor
+        from tandem.actors.reward import make_reward_actor
+        from tandem.actors.rollout import RolloutGroup
+        from tandem.cluster.weight_sync import WeightSync
+        from tandem.learners.ppo import CriticLearner, PolicyLearner
+        from tandem.models import load_tokenizer, resolve_model
+
+        cfg, p = self.cfg, self.cfg.ppo
+        path = resolve_model(cfg.model.path)
+        self.tokenizer = load_tokenizer(path)
+        self.task_reward = _task_reward(cfg)
+        self.rng = random.Random(cfg.run.seed)
+        # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
+        total_steps = p.steps * p.ppo_epochs * p.num_minibatches
+        self.policy = self._learners("policy", PolicyLearner, cfg.learner, path, total_steps,
+                                     clip_eps=p.clip_eps, entropy_coef=p.entropy_coef)
+        self.critic = None
+        if p.advantage == "gae":
+            self.critic = self._learners("critic", CriticLearner, cfg.critic, path, total_steps,
+                                         value_clip_eps=p.value_clip_eps)
+        self.rollout = RolloutGroup(cfg)
+        self._groups.append(self.rollout)
+        self.reward = make_reward_actor(cfg, rm_path)
+        self.reference = make_reference_actor(cfg, path, cfg.reference.cpus, cfg.reference.gpus)
+        self._actors = [self.reward, self.reference]
+        setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
+        self.policy.collect(setups, "setup")
+        ray.get([self.reward.__ray_ready__.remote(), self.reference.__ray_ready__.remote()])
+        self.weight_sync = WeightSync(self.policy, self.rollout.engines, cfg.rollout.sync_bucket_mb)
+        self.weight_sync.setup()
+        self.version = 0  # weight syncs done: the version the engines sample with
+
+    def _learners(self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, **kwargs) -> ActorGroup:
+        group = ActorGroup(role, cls, lc.world_size, cpus_per_actor=lc.cpus_per_rank, gpus_per_actor=lc.gpus_per_rank,
+                           strategy=lc.placement, resources=lc.resources,
+                           args=(lc, path, total_steps, self.cfg.run.seed), kwargs=kwargs)
+        self._groups.append(group)
+        return group
+
+    # -- the stages ---------------------------------------------------------------------------
+
+    def generate(self, prompts: list, n: int) -> RolloutBatch:
+        """n samples per prompt; asserts they were drawn by the policy being trained (on-policy)."""
+        from tandem.data import prompt_ids, prompt_text
+
+        ids = [prompt_ids(self.tokenizer, q) for q in prompts]
+        samples = self.rollout.generate(ids, n=n, seed=self.rng.randrange(1 << 31))
+        stale = {s.weight_version for s in samples} - {self.version}
+        if stale:
+            raise RuntimeError(f"off-policy samples: drawn with weight version(s) {sorted(stale)}, "
+                               f"but the policy being trained is version {self.version}")
+        return RolloutBatch.from_samples(samples, [prompt_text(q) for q in prompts])
+
+    def score(self, batch: RolloutBatch) -> list[float] | None:
+        """Fill scores, reward components, reference and pi_old logprobs, values; all roles at once.
+
+        Returns the task's true rewards (None without a built-in task): logged, never trained on."""
+        import ray
+
+        width = batch.mask.shape[1]
+        rows = [{"prompt_ids": q, "response_ids": r} for q, r in zip(batch.prompt_ids, batch.response_ids)]
+        reward_ref = self.reward.score.remote(batch.prompts, batch.responses)
+        ref_ref = self.reference.logprobs.remote(batch.prompt_ids, batch.response_ids)
+        shards = [(s,) for s in common.shard(rows, self.policy.world_size)]
+        policy_refs = self.policy.async_call_per_rank("logprobs", shards)
+        critic_refs = None
+        if self.critic is not None:
+            critic_refs = self.critic.async_call_per_rank("values", [(s,) for s in common.shard(rows, self.critic.world_size)])
+        result = ray.get(reward_ref)
+        batch.scores = torch.tensor(result.total, dtype=torch.float32)
+        batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
+        batch.ref_logprobs = pad_right(ray.get(ref_ref), width)
+        batch.old_logprobs = pad_right(_concat(self.policy.collect(policy_refs, "logprobs")), width)
+        if critic_refs is not None:
+            batch.values = pad_right(_concat(self.critic.collect(critic_refs, "values")), width)
+        if self.task_reward is None:
+            return None
+        return self.task_reward(batch.prompts, batch.responses)
+
+    def update(self, role: str, batch: RolloutBatch) -> dict[str, float]:
+        """ppo_epochs passes over the batch in num_minibatches shuffled minibatches (one optimizer
+        step each) on the role's learner group; metrics averaged over the steps."""
+        group = self.policy if role == "policy" else self.critic
+        p = self.cfg.ppo
+        keys = TRAIN_KEYS[role]
+        mask = batch.mask.bool()
+        examples = [{"prompt_ids": q, "response_ids": r, **{k: getattr(batch, k)[i][mask[i]].tolist() for k in keys}}
+                    for i, (q, r) in enumerate(zip(batch.prompt_ids, batch.response_ids))]
+        size = len(examples) // p.num_minibatches
+        sums: dict[str, float] = {}
+        for _ in range(p.ppo_epochs):
+            order = list(range(len(examples)))
+            self.rng.shuffle(order)
+            for start in range(0, len(order), size):
+                minibatch = [examples[i] for i in order[start:start + size]]
+                metrics = group.call_per_rank("train_batch", [(s,) for s in common.shard(minibatch, group.world_size)])[0]
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        prefix = "actor" if role == "policy" else "critic"
+        steps = p.ppo_epochs * p.num_minibatches
+        return {(k if "/" in k else f"{prefix}/{k}"): v / steps for k, v in sums.items()}
+
+    def sync_weights(self) -> None:
+        """Stream the policy's weights to every engine; they then sample with the new version."""
+        versions = self.weight_sync.sync()
+        self.version += 1
+        if set(versions) != {self.version}:
+            raise RuntimeError(f"engines report weight versions {versions} after sync {self.version}")
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def learner_groups(self) -> dict[str, ActorGroup]:
+        return {"policy": self.policy, **({"critic": self.critic} if self.critic else {})}
+
+    def save(self, run: common.Run, step: int, state: dict[str, Any]) -> Path:
+        return run.checkpoints.save(self.learner_groups(), step, {"rng": self.rng.getstate(), **state})
+
+    def restore(self, checkpoint: Path) -> dict[str, Any]:
+        """Load every learner from `checkpoint`, then push the restored policy to the engines."""
+        for name, group in self.learner_groups().items():
+            group.call("load", str(checkpoint / name))
+        state = common.Checkpoints.read_state(checkpoint)
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.sync_weights()
+        return state
+
+    def export_final(self, run: common.Run) -> Path:
+        return common.export_final(run, run.checkpoints.latest() / "policy")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        import ray
+
+        for group in self._groups:
+            group.shutdown()
+        for actor in getattr(self, "_actors", []):
+            ray.kill(actor)
+        self._groups, self._actors = [], []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _concat(parts: list[list[list[float]]]) -> list[list[float]]:
+    return [row for part in parts for row in part]
+
+
+def _task_reward(cfg: Config):
+    from tandem.data import task_reward
+
+    return task_reward(cfg.data.task) if cfg.data.task else None

@@ -1,0 +1,76 @@
+"""`tandem rm CONFIG`: train a reward model (the LM with a scalar head) on preference pairs.
+
+Stages: start the run, load pairs, build the learner group, train with the Bradley-Terry loss
+(held-out accuracy against the annotators' labels, and against the task's true reward), save.
+The saved model loads with `AutoModelForSequenceClassification` (and `tandem.models.load_reward_model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tandem.config import Config
+from tandem.recipes import common
+
+
+def true_order(cfg: Config, records: list[dict]) -> list[dict]:
+    """Held-out pairs re-ordered by the task's true reward (ties dropped): accuracy on these is
+    how often the RM ranks two answers the way the true reward does. [] without a task."""
+    from tandem.data import get_task, prompt_text
+
+    if cfg.data.task is None:
+        return []
+    task, out = get_task(cfg.data.task), []
+    for rec in records:
+        prompt = prompt_text(rec["prompt"])
+        chosen, rejected = task.true_reward(prompt, rec["chosen"]), task.true_reward(prompt, rec["rejected"])
+        if chosen != rejected:
+            better, worse = (rec["chosen"], rec["rejected"]) if chosen > rejected else (rec["rejected"], rec["chosen"])
+            out.append({"prompt": rec["prompt"], "chosen": better, "rejected": worse})
+    return out
+
+
+def load_data(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
+    """Tokenized (train pairs, held-out pairs, held-out pairs in true-reward order)."""
+    from tandem.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.path)
+    held_out = common.load_records(cfg, "pairs", "eval")
+    return (
+        common.tokenize(tokenizer, common.load_records(cfg, "pairs", "train"), cfg),
+        common.tokenize(tokenizer, held_out, cfg),
+        common.tokenize(tokenizer, true_order(cfg, held_out), cfg),
+    )
+
+
+def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """The whole reward-model job; returns its summary (also in `<run_dir>/summary.json`)."""
+    from tandem.learners import RewardLearner
+    from tandem.models import resolve_model
+
+    run = common.start_run(cfg, "rm", resume_dir)
+    model_path = resolve_model(cfg.model.path)
+    train, held_out, held_out_true = load_data(cfg)
+    order = common.BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps,
+                              cfg.run.seed)
+    group = common.learner_group("rm", RewardLearner, cfg.learner, model_path, order.total_steps, cfg.run.seed)
+
+    def evaluate() -> dict[str, float]:
+        return {**common.evaluate(group, held_out), **common.evaluate(group, held_out_true, "eval/true_")}
+
+    try:
+        common.resume(run, group)
+        result = common.train_loop(run, group, train, order, evaluate, stop_after)
+    finally:
+        group.shutdown()
+    if not result.finished:
+        return common.finish_run(run, {"stopped_at": result.step})
+    final = common.export_final(run, result.checkpoint)
+    return common.finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval})
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    with common.ray_cluster(cfg):
+        run(cfg, getattr(args, "resume", None))
+    return 0

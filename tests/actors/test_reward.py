@@ -1,0 +1,157 @@
+"""The reward scorer: functions, a reward model, tandem's own HTTP server, weighted sums, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tandem.actors.reward import RewardError, RewardScorer, make_reward_actor
+from tandem.config import Config, RewardComponent
+from tandem.errors import UserError
+from tandem.recipes.serve_reward import make_server
+
+PROMPTS = ["sort: 3 1 2", "sort: 9 8", "sort: 5 5 1 0"]
+RESPONSES = ["1 2 3", "9 8", "0 1 5 5"]
+
+
+def length_reward(prompts, responses):
+    return [float(len(r)) for r in responses]
+
+
+def nan_reward(prompts, responses):
+    return [1.0, float("nan")] + [0.0] * (len(responses) - 2)
+
+
+def short_reward(prompts, responses):
+    return [1.0]
+
+
+def raising_reward(prompts, responses):
+    raise KeyError("no such thing")
+
+
+def fn(name: str) -> str:
+    return f"{__name__}:{name}"
+
+
+def test_task_reward_and_weighted_sum():
+    scorer = RewardScorer([RewardComponent(kind="function", path="task", name="true", weight=2.0),
+                           RewardComponent(kind="function", path=fn("length_reward"), weight=-0.1)], task="sort")
+    result = scorer.score(PROMPTS, RESPONSES)
+    assert result.components["true"] == [1.0, 0.0, 1.0]  # "9 8" is unsorted: 0 of 2 positions right
+    assert result.components["function"] == [5.0, 3.0, 7.0]
+    assert result.total == pytest.approx([2 - 0.5, 0 - 0.3, 2 - 0.7])
+
+
+def test_chat_prompts_reach_functions_as_text():
+    scorer = RewardScorer([RewardComponent(kind="function", path="task")], task="sort")
+    messages = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": p}] for p in PROMPTS]
+    assert scorer.score(messages, RESPONSES).total == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nan_reward", r"'bad' \(function '.*:nan_reward'\) returned a non-finite value \(nan\) for sample 1"),
+    ("short_reward", r"'bad' \(function '.*:short_reward'\) returned 1 values for 3 samples"),
+    ("raising_reward", r"'bad' \(function '.*:raising_reward'\) raised KeyError: 'no such thing'"),
+])
+def test_bad_reward_functions_are_named(name, message):
+    scorer = RewardScorer([RewardComponent(kind="function", path=fn(name), name="bad")])
+    with pytest.raises(RewardError, match=message):
+        scorer.score(PROMPTS, RESPONSES)
+
+
+def test_config_errors():
+    with pytest.raises(UserError, match="share the metric name"):
+        RewardScorer([RewardComponent(kind="function", path="task")] * 2, task="sort")
+    with pytest.raises(UserError, match="needs `data.task`"):
+        RewardScorer([RewardComponent(kind="function", path="task")], task=None)
+    with pytest.raises(UserError, match="cannot import module"):
+        RewardScorer([RewardComponent(kind="function", path="no_such_module_xyz:f")])
+
+
+def _direct_scores(path, prompts, responses):
+    """The reward model on one unpadded sequence at a time: prompt (chat template) + response + EOS."""
+    import torch
+
+    from tandem.data.chat import prompt_ids, response_ids
+    from tandem.models import load_reward_model, load_tokenizer
+
+    model, tok = load_reward_model(path).eval(), load_tokenizer(path)
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([prompt_ids(tok, p) + response_ids(tok, r)])).logits[0, 0].item()
+                for p, r in zip(prompts, responses)]
+
+
+@pytest.fixture(scope="module")
+def rm_scorer(reward_model_dir):
+    # batch_size 2: the 3 rows need two forwards, one of them padded
+    return RewardScorer([RewardComponent(kind="model", path=reward_model_dir, name="rm")], batch_size=2)
+
+
+def test_reward_model_scores_match_unbatched_forward(rm_scorer, reward_model_dir):
+    scores = rm_scorer.score(PROMPTS, RESPONSES).components["rm"]
+    assert scores == pytest.approx(_direct_scores(reward_model_dir, PROMPTS, RESPONSES), abs=1e-5)
+    assert len({round(s, 4) for s in scores}) == 3  # distinct: the test would see mixed-up rows
+
+
+@pytest.fixture()
+def server(rm_scorer):
+    srv = make_server(rm_scorer, "127.0.0.1", 0, "s3cret")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/score"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_http_component_against_tandem_server(server, rm_scorer, monkeypatch):
+    monkeypatch.setenv("MY_RM_TOKEN", "s3cret")
+    remote = RewardScorer([RewardComponent(kind="http", path=server, token_env="MY_RM_TOKEN", weight=0.5),
+                           RewardComponent(kind="function", path="task")], task="sort")
+    result = remote.score(PROMPTS, RESPONSES)
+    local = rm_scorer.score(PROMPTS, RESPONSES).total
+    assert result.components["http"] == pytest.approx(local, abs=1e-6)
+    assert result.total == pytest.approx([0.5 * s + t for s, t in zip(local, [1.0, 0.0, 1.0])])
+
+
+def test_server_rejects_wrong_or_missing_token(server, monkeypatch):
+    monkeypatch.setenv("MY_RM_TOKEN", "wrong")
+    remote = RewardScorer([RewardComponent(kind="http", path=server, token_env="MY_RM_TOKEN", retries=0)])
+    with pytest.raises(RewardError, match=r"HTTP 401.*check the token"):
+        remote.score(PROMPTS, RESPONSES)
+    monkeypatch.delenv("MY_RM_TOKEN")
+    with pytest.raises(RewardError, match="MY_RM_TOKEN .* is not set"):
+        remote.score(PROMPTS, RESPONSES)
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as err:  # no Authorization header at all
+        urllib.request.urlopen(urllib.request.Request(server, data=b"{}", method="POST"), timeout=10)
+    assert err.value.code == 401
+
+
+def test_serve_reward_refuses_to_start_without_token(tmp_path, monkeypatch, capsys):
+    from tandem.cli import main
+
+    monkeypatch.delenv("TANDEM_TEST_TOKEN", raising=False)
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  token_env: TANDEM_TEST_TOKEN\n  port: 0\n")
+    assert main(["serve-reward", str(config)]) == 2
+    assert "set the environment variable TANDEM_TEST_TOKEN" in capsys.readouterr().err
+
+
+def test_reward_actor(ray_session, server, rm_scorer, monkeypatch):
+    """In a Ray actor, with the HTTP token set in the driver after Ray started: the actor gets it
+    from make_reward_actor, not from an inherited environment."""
+    monkeypatch.setenv("MY_RM_TOKEN", "s3cret")
+    cfg = Config.model_validate({"data": {"task": "sort"}, "reward": {"cpus": 0.5, "components": [
+        {"kind": "function", "path": "task", "name": "true"},
+        {"kind": "function", "path": "tandem.data.rewards:sort_reward", "name": "again", "weight": 0.5},
+        {"kind": "http", "path": server, "name": "remote", "token_env": "MY_RM_TOKEN", "weight": 0.0}]}})
+    actor = make_reward_actor(cfg)
+    result = ray_session.get(actor.score.remote(PROMPTS, RESPONSES))
+    ray_session.kill(actor)
+    assert result.components["true"] == result.components["again"] == [1.0, 0.0, 1.0]
+    assert result.components["remote"] == pytest.approx(rm_scorer.score(PROMPTS, RESPONSES).total, abs=1e-6)
+    assert result.total == [1.5, 0.0, 1.5]

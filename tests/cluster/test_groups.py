@@ -1,0 +1,91 @@
+"""Actor groups: rank environment, results in rank order, per-rank args, fail-fast errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+from ray import cloudpickle
+
+from tandem.cluster.groups import ActorGroup, ActorGroupError
+
+# Ray workers cannot import test modules: ship this module's classes by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class Worker:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def env(self) -> dict:
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TANDEM_ROLE")
+        return {k: os.environ.get(k) for k in keys}
+
+    def echo(self, x: int, scale: int = 1) -> tuple[str, int, int]:
+        time.sleep(0.05 * (3 - int(os.environ["RANK"])))  # later ranks answer first
+        return self.tag, int(os.environ["RANK"]), x * scale
+
+    def die_on(self, rank: int) -> None:
+        if int(os.environ["RANK"]) == rank:
+            os._exit(1)
+        time.sleep(60)  # a peer blocked in a collective with the dead rank
+
+    def fail_on(self, rank: int) -> None:
+        if int(os.environ["RANK"]) == rank:
+            raise ValueError("boom")
+        time.sleep(60)
+
+    def sleep(self, s: float) -> None:
+        time.sleep(s)
+
+
+@pytest.fixture(scope="module")
+def group(ray_session):
+    with ActorGroup("worker", Worker, 3, cpus_per_actor=0.5, args=("t",)) as g:
+        yield g
+
+
+def test_rank_env_and_master(group):
+    envs = group.call("env")
+    assert [e["RANK"] for e in envs] == ["0", "1", "2"]
+    assert {e["WORLD_SIZE"] for e in envs} == {"3"}
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1", "2"]  # one node
+    assert {e["MASTER_PORT"] for e in envs} == {str(group.master_port)}
+    assert {e["MASTER_ADDR"] for e in envs} == {group.master_addr}
+    assert {e["TANDEM_ROLE"] for e in envs} == {"worker"}
+
+
+def test_results_in_rank_order(group):
+    assert group.call("echo", 5, scale=2) == [("t", 0, 10), ("t", 1, 10), ("t", 2, 10)]
+    assert group.call_per_rank("echo", [(1,), (2,), (3,)]) == [("t", 0, 1), ("t", 1, 2), ("t", 2, 3)]
+    refs = group.async_call("echo", 1)
+    assert [r[1] for r in group.collect(refs)] == [0, 1, 2]
+
+
+def test_timeout_names_ranks(group):
+    with pytest.raises(ActorGroupError, match=r"worker: rank\(s\) \[0, 1, 2\] did not finish 'sleep'"):
+        group.collect(group.async_call("sleep", 3), "sleep", timeout_s=0.5)
+
+
+def test_raising_rank_is_named(ray_session):
+    with ActorGroup("critic", Worker, 2, cpus_per_actor=0.5, args=("t",)) as g:
+        t0 = time.monotonic()
+        with pytest.raises(ActorGroupError, match="critic rank 1 failed in 'fail_on': ValueError: boom"):
+            g.call("fail_on", 1)
+        assert time.monotonic() - t0 < 30
+
+
+def test_dead_rank_is_named_fast(ray_session):
+    with ActorGroup("policy", Worker, 2, cpus_per_actor=0.5, args=("t",)) as g:
+        t0 = time.monotonic()
+        with pytest.raises(ActorGroupError, match="policy rank 1 died during 'die_on'") as info:
+            g.call("die_on", 1)
+        assert info.value.role == "policy" and info.value.ranks == [1]
+        assert time.monotonic() - t0 < 30  # not the 60 s its peer sleeps
+
+
+def test_unplaceable_group_fails(ray_session):
+    with pytest.raises(ActorGroupError, match="not available within"):
+        ActorGroup("huge", Worker, 2, cpus_per_actor=1000, ready_timeout_s=1, args=("t",))
