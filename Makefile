@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt scripts/install.sh
 	bash scripts/install.sh
 
+# The demo's run folders are its own scratch space: each `make demo` starts over.
 demo: $(STAMP)
-	$(VENV)/bin/tandem generate configs/generate.yaml
+	rm -rf runs/demo runs/demo-sft runs/demo-rm
+	$(VENV)/bin/tandem pipeline configs/demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -286,6 +286,8 @@ class PipelineConfig(_Section):
     """`tandem pipeline`: the SFT stage's job file; PPO starts from its model."""
     rm_config: str | None = None
     """`tandem pipeline`: the reward-model stage's job file; reward components with path "rm" use its model."""
+    rm_from_sft: bool = True
+    """Start the reward model from the SFT model (as InstructGPT does) instead of its own model.path."""
 
 
 class Config(_Section):

@@ -19,12 +19,13 @@ from tandem.errors import UserError
 from tandem.recipes import common
 
 
-def stage_config(cfg: Config, path: str | None, stage: str) -> Config:
-    """A stage's job file, with the pipeline's output folder, run name and seed."""
+def stage_config(cfg: Config, path: str | None, stage: str, overrides: tuple[str, ...] = ()) -> Config:
+    """A stage's job file, with the pipeline's output folder, run name, seed and W&B settings."""
     if path is None:
         raise UserError(f"`pipeline.{stage}_config` is not set: name the {stage} stage's job file")
-    return load_config(path, [f"run.output_dir={cfg.run.output_dir}", f"run.name={cfg.run.name}-{stage}",
-                              f"run.seed={cfg.run.seed}"])
+    stage_cfg = load_config(path, [f"run.output_dir={cfg.run.output_dir}", f"run.name={cfg.run.name}-{stage}",
+                                   f"run.seed={cfg.run.seed}", *overrides])
+    return stage_cfg.model_copy(update={"wandb": cfg.wandb})
 
 
 def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, dict[str, float]]:
@@ -63,7 +64,8 @@ def run(cfg: Config) -> dict[str, Any]:
     from tandem.report import write_report
 
     sft_model = sft.run(stage_config(cfg, cfg.pipeline.sft_config, "sft"))["final_model"]
-    rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm"))["final_model"]
+    rm_init = (f"model.path={sft_model}",) if cfg.pipeline.rm_from_sft else ()
+    rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm", rm_init))["final_model"]
     ppo_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": sft_model})})
     ppo_summary = ppo.run(ppo_cfg, rm_path=rm_model)
     policies = {"base": resolve_model(cfg.model.path), "sft": sft_model, "ppo": ppo_summary["final_model"]}
