@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("TANDEM_CACHE", os.path.expanduser("~/.cache/tandem"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from tandem.cluster.runtime import setup_env  # noqa: E402
+from tandem.cluster.runtime import setup_env
 
 setup_env()
 

@@ -51,7 +51,7 @@ def submit(cfg: Config, command: str, address: str, follow: bool = False) -> str
     return status
 
 
-def _submit_when_ready(client, wait_s: float = 120.0, **job) -> str:
+def _submit_when_ready(client, wait_s: float = 300.0, **job) -> str:
     """Submit, retrying while a freshly started head's job agent is not up yet (Ray answers 500)."""
     deadline = time.monotonic() + wait_s
     while True:

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -328,36 +327,7 @@ def resume(run: Run, group: ActorGroup) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# True reward of generations (driver-side, plain transformers: ~64 prompts of a tiny model)
-
-
-def generation_reward(
-    model_path: str, task: str, prompts: Sequence[str], max_new_tokens: int, seed: int = 0
-) -> dict[str, float]:
-    """Mean true reward of the model's greedy and sampled (temperature 1) answers to `prompts`."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from tandem.data import get_task, prompt_ids
-    from tandem.models import load_causal_lm, load_tokenizer
-
-    hf_logging.disable_progress_bar()
-    tokenizer = load_tokenizer(model_path, padding_side="left")
-    model = load_causal_lm(model_path, "float32").eval()
-    encoded = tokenizer.pad({"input_ids": [prompt_ids(tokenizer, p) for p in prompts]}, return_tensors="pt")
-    scorer = get_task(task)
-    out = {}
-    for mode, sample in (("greedy", False), ("sampled", True)):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            generated = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=sample, temperature=1.0 if sample else None,
-                top_k=0 if sample else None, top_p=1.0 if sample else None,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-        texts = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        out[mode] = statistics.fmean(scorer.true_reward(p, t) for p, t in zip(prompts, texts, strict=True))
-    return out
+# True reward of generations (driver-side: see tandem.recipes.evaluate)
 
 
 def true_reward_eval(cfg: Config, initial: str, trained: str) -> dict[str, float]:
@@ -368,8 +338,10 @@ def true_reward_eval(cfg: Config, initial: str, trained: str) -> dict[str, float
     if cfg.data.task is None or cfg.train.num_generate_eval == 0:
         return {}
     prompts = rl_prompts(cfg.data.task, cfg.train.num_generate_eval, seed=cfg.run.seed, split="eval")
+    from tandem.recipes.evaluate import evaluate_policy
+
     out = {}
     for prefix, path in (("eval/init_true_reward", initial), ("eval/true_reward", trained)):
-        rewards = generation_reward(path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed)
-        out.update({f"{prefix}/{mode}": value for mode, value in rewards.items()})
+        result = evaluate_policy(path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed)
+        out.update({f"{prefix}/{mode}": result[f"{mode}/mean"] for mode in ("greedy", "sampled")})
     return out

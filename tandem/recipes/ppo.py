@@ -70,7 +70,10 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{kl_metrics['kl/mean']:.3f}")
         stopping = stop_after is not None and step >= stop_after
         if step == p.steps or stopping or (p.save_every and step % p.save_every == 0):
-            roles.save(run, step, {"kl_controller": kl_ctl.state_dict(), "samples_seen": step * len(batch)})
+            # The policy's layout too: `start_run` refuses to resume it under another (a clear error,
+            # not DeepSpeed's failure to load optimizer shards saved by a different world size).
+            roles.save(run, step, {"kl_controller": kl_ctl.state_dict(), "samples_seen": step * len(batch),
+                                   **common._layout(cfg.learner)})
         if stopping:
             break
     bar.close()

@@ -1,0 +1,51 @@
+"""PPO steps on the embedded default (tiny-qwen2, sort task, GRPO, one engine and one learner rank):
+per-stage time, samples/s and tokens/s, from the metrics the driver logs for each step."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+
+from _common import ray_up
+
+TITLE = "ppo: the default job (tiny-qwen2, 32 prompts x 4 samples, <= 32 tokens, grpo), 1 engine, 1 rank"
+STEPS = 5
+STAGES = ("generate", "score", "advantages", "critic_update", "policy_update", "weight_sync")
+
+
+def run() -> list[tuple]:
+    from tandem.config import Config
+    from tandem.recipes import ppo
+    from tandem.recipes.ppo_roles import Roles
+    from tandem.tracking import read_metrics
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = Config.model_validate({"run": {"name": "bench-ppo", "output_dir": out}, "wandb": {"mode": "disabled"},
+                                     "ppo": {"steps": STEPS}})
+        ray_up(max(8, Roles.cpus_needed(cfg)))
+        summary = ppo.run(cfg)
+        rows = read_metrics(f"{out}/bench-ppo")
+    # Step 1 pays one-off costs (vLLM's first-call kernel setup): reported apart, left out of the means.
+    steady = rows[1:]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(r[key] for r in steady)
+
+    n, batch = len(steady), cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt
+    startup = summary["wall_s"] - sum(r["timing/step"] for r in rows)
+    out_rows = [("outside the steps", startup, "s", "start of roles (DeepSpeed, vLLM), final checkpoint and export"),
+                ("step 1", rows[0]["timing/step"], "s", "includes first-generate warm-up")]
+    for stage in STAGES:
+        key = f"timing/{stage}"
+        if key in steady[0]:
+            share = mean(key) / mean("timing/step")
+            out_rows.append((f"  {stage}", mean(key), "s", f"mean of steps 2-{STEPS}, {share:.0%} of a step"))
+    out_rows += [
+        ("step", mean("timing/step"), "s", f"mean of steps 2-{STEPS} ({n} steps)"),
+        ("samples/s", mean("perf/samples_per_s"), "samples/s", f"{batch} samples per step / step time"),
+        ("generation", mean("perf/generate_tokens_per_s"), "tokens/s", "response tokens / generate time"),
+        ("training", mean("perf/train_tokens_per_s"), "tokens/s", "response tokens / update time"),
+        ("response length", mean("rollout/response_length/mean"), "tokens", f"max {cfg.model.max_response_len}"),
+        ("logprob mismatch", mean("rollout/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
+    ]
+    return out_rows
