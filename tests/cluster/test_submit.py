@@ -51,7 +51,10 @@ def ray_head(auth_env):
     subprocess.run(
         [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--temp-dir={temp_dir}", "--num-cpus=2", "--object-store-memory=100000000", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--num-cpus=2", "--object-store-memory=100000000", "--disable-usage-stats",
+         # The job agent's default port (52365) may be held by another Ray on this machine (the
+         # test session's own): its agent would then never come up ("No available agent").
+         f"--dashboard-agent-listen-port={free_port()}"],
         check=True, env=env, capture_output=True, timeout=120,
     )
     try:
