@@ -154,6 +154,8 @@ class DPOConfig(_Section):
     """Strength of the implicit KL constraint (Rafailov et al. 2023)."""
     loss: Literal["dpo", "ipo"] = "dpo"
     """Preference loss: sigmoid DPO or IPO (Azar et al. 2023)."""
+    pairs: Literal["task", "policy"] = "task"
+    """Train on "task" pairs (built-in or train_files) or "policy" ones (2 samples of model.path, judged)."""
 
 
 class SamplingConfig(_Section):

@@ -1,6 +1,7 @@
 """`tandem dpo CONFIG`: direct preference optimization (DPO or IPO) of an SFT policy.
 
-Stages: start the run, load pairs, build the learner group (each rank holds the policy and the
+Stages: start the run, load pairs (the task's, or the SFT policy's own answers judged by the task's
+annotators: `dpo.pairs`), build the learner group (each rank holds the policy and the
 frozen reference, both from `model.path`, an SFT run's `final/`), train, save, and score greedy and
 sampled answers by the task's true reward (the DPO policy vs the SFT policy it started from).
 """
@@ -8,18 +9,71 @@ sampled answers by the task's true reward (the DPO policy vs the SFT policy it s
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+from pathlib import Path
 from typing import Any
 
 from tandem.config import Config
+from tandem.errors import UserError
 from tandem.recipes import common
 
 
-def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """Tokenized (train, held-out) preference pairs."""
+def policy_pairs(cfg: Config, model_path: str, prompts: list[str]) -> list[dict]:
+    """On-policy comparisons: two temperature-1 answers of the starting policy to each prompt, the
+    preferred one drawn by the task's simulated annotators (Bradley-Terry at
+    `data.preference_temperature`); identical answers and annotator ties are dropped (no signal).
+
+    These are the comparisons InstructGPT's labelers made (of the model's own outputs). Pairs built
+    from corruptions of the reference are off-policy: DPO then mostly lowers the likelihood of
+    answers the policy never gives, and was measured to pull the sort policy's true reward down.
+    """
+    import torch
+
+    from tandem.data import get_task
+    from tandem.data.synthetic import bradley_terry_prob
+    from tandem.models import load_causal_lm, load_tokenizer
+    from tandem.recipes.evaluate import generate
+
+    if cfg.data.task is None:
+        raise UserError('dpo.pairs: "policy" needs data.task (its annotators judge the samples)')
+    task, rng = get_task(cfg.data.task), random.Random(cfg.run.seed)
+    tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
+    torch.set_num_threads(os.cpu_count() or 1)  # before the learners start: the cores are free
+    first, second = (generate(model, tokenizer, prompts, cfg.model.max_response_len, True, cfg.run.seed + i).texts
+                     for i in (0, 1))
+    pairs = []
+    for prompt, a, b in zip(prompts, first, second, strict=True):
+        score_a, score_b = task.annotator_score(prompt, a), task.annotator_score(prompt, b)
+        if a.strip() == b.strip() or score_a == score_b:
+            continue
+        p_a = bradley_terry_prob(score_a, score_b, cfg.data.preference_temperature)
+        chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+def load_data(cfg: Config, model_path: str, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Tokenized (train, held-out) preference pairs. Held-out pairs are always the task's (or
+    eval_files'), so eval/accuracy means the same whichever pairs train. On-policy pairs are kept
+    in the run folder (`policy_pairs.jsonl`): a resumed run trains on the same ones."""
+    from tandem.data import rl_prompts
     from tandem.models import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model.path)
-    train = common.tokenize(tokenizer, common.load_records(cfg, "pairs", "train"), cfg)
+    tokenizer = load_tokenizer(model_path)
+    if cfg.dpo.pairs == "policy":
+        cache = run_dir / "policy_pairs.jsonl"
+        if cache.is_file():
+            records = [json.loads(line) for line in cache.read_text().splitlines()]
+        else:
+            prompts = rl_prompts(cfg.data.task, cfg.data.num_train, seed=cfg.run.seed, split="train")
+            records = policy_pairs(cfg, model_path, prompts)
+            cache.write_text("".join(json.dumps(r) + "\n" for r in records))
+            print(f"dpo: {len(records)} on-policy pairs from {len(prompts)} prompts")
+    else:
+        records = common.load_records(cfg, "pairs", "train")
+    train = common.tokenize(tokenizer, records, cfg)
     held_out = common.tokenize(tokenizer, common.load_records(cfg, "pairs", "eval"), cfg)
     return train, held_out
 
@@ -31,7 +85,7 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
 
     run = common.start_run(cfg, "dpo", resume_dir)
     model_path = resolve_model(cfg.model.path)
-    train, held_out = load_data(cfg)
+    train, held_out = load_data(cfg, model_path, run.dir)
     order = common.BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps,
                               cfg.run.seed)
     group = common.learner_group("policy", DPOLearner, cfg.learner, model_path, order.total_steps, cfg.run.seed,

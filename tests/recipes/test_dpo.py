@@ -28,3 +28,22 @@ def test_dpo_run(ray_session, tmp_path, loss="dpo"):
     assert rows[2]["train/margins"] != 0.0  # the policy moved away from the reference
     assert {"eval/true_reward/greedy", "eval/init_true_reward/greedy"} <= set(summary)
     AutoModelForCausalLM.from_pretrained(summary["final_model"])
+
+
+def test_policy_pairs_are_judged_by_the_annotators(monkeypatch):
+    from types import SimpleNamespace
+
+    from tandem.recipes import evaluate
+
+    prompts = ["sort: 3 1 2", "sort: 5 4", "sort: 9 8 7", "sort: 2 1"]
+    answers = {0: ["1 2 3", "4 5", "7 8 9", "1 2"], 1: ["3 1 2", "4 5", "9 8 7", "2 1"]}
+    monkeypatch.setattr(evaluate, "generate",
+                        lambda model, tok, p, n, sample, seed: SimpleNamespace(texts=answers[seed]))
+    cfg = load_config("configs/dpo.yaml", ["model.path=tiny-qwen2", "data.preference_temperature=0"])
+    pairs = dpo.policy_pairs(cfg, "tiny-qwen2", prompts)
+    # Identical answers ("4 5" twice) are dropped; a noiseless annotator prefers the sorted answer.
+    assert pairs == [
+        {"prompt": "sort: 3 1 2", "chosen": "1 2 3", "rejected": "3 1 2"},
+        {"prompt": "sort: 9 8 7", "chosen": "7 8 9", "rejected": "9 8 7"},
+        {"prompt": "sort: 2 1", "chosen": "1 2", "rejected": "2 1"},
+    ]
