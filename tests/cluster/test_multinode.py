@@ -10,28 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
 from .multinode_ppo import NODES
+from .test_submit import stop_processes_under
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def stop_processes_under(temp_dir: str) -> None:
-    """Stop only that cluster's processes (each carries its temp dir on its command line)."""
-    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        p.kill()
 
 
 def test_roles_land_on_the_nodes_their_config_names(tmp_path):
