@@ -279,8 +279,6 @@ class PPOConfig(_Section):
     """Checkpoint every N steps (0: only at the end)."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
-    colocate: bool = False
-    """Place all roles in one placement group (share devices) instead of one group per role."""
 
 
 class PipelineConfig(_Section):
