@@ -15,6 +15,7 @@ def test_dpo_run(ray_session, tmp_path, loss="dpo"):
     cfg = load_config("configs/dpo.yaml", [
         f"run.output_dir={tmp_path}", f"run.name={loss}", f"dpo.loss={loss}",
         "model.path=tiny-qwen2",  # the tests have no SFT run to start from; any causal LM will do
+        "dpo.pairs=task",  # an untrained model's samples all tie under the annotators: no pairs
         "data.num_train=16", "data.num_eval=8", "learner.micro_batch_size=4", "learner.global_batch_size=8",
         "train.max_steps=2", "train.num_generate_eval=2",
     ])

@@ -12,7 +12,8 @@ def test_rm_run_saves_a_sequence_classifier(ray_session, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     cfg = load_config("configs/rm.yaml", [
-        f"run.output_dir={tmp_path}", "run.name=rm", "data.num_train=16", "data.num_eval=8",
+        f"run.output_dir={tmp_path}", "run.name=rm", "model.path=tiny-qwen2",  # no SFT run in the tests
+        "data.num_train=16", "data.num_eval=8",
         "learner.micro_batch_size=4", "learner.global_batch_size=8", "train.max_steps=2",
     ])
     summary = rm.run(cfg)
