@@ -100,7 +100,7 @@ class ActorGroup:
     """`num_actors` Ray actors of `actor_cls` (one rank each) for one named role.
 
     Args:
-        role: name used in errors and actor names ("policy", "critic", ...).
+        role: the role's name, used in errors and in each rank's TANDEM_ROLE ("policy", "critic", ...).
         actor_cls: a plain class (wrapped with `ray.remote`) or a Ray actor class.
         num_actors: ranks (the world size of the role's process group).
         cpus_per_actor, gpus_per_actor: each rank's bundle.
@@ -140,7 +140,7 @@ class ActorGroup:
         self.world_size = num_actors
         self.timeout_s = timeout_s
         self._owns_pg = placement_group is None
-        self._pg = placement_group or make_placement_group(
+        self._pg = placement_group if placement_group is not None else make_placement_group(
             num_actors, cpus_per_actor, gpus_per_actor, strategy,
             # Unique: placement-group names are cluster-wide, and jobs may share a cluster.
             name=f"{role}-{uuid.uuid4().hex[:8]}", timeout_s=ready_timeout_s, resources=resources,

@@ -27,7 +27,8 @@ def policy_pairs(cfg: Config, model_path: str, prompts: list[str]) -> list[dict]
 
     These are the comparisons InstructGPT's labelers made (of the model's own outputs). Pairs built
     from corruptions of the reference are off-policy: DPO then mostly lowers the likelihood of
-    answers the policy never gives, and was measured to pull the sort policy's true reward down.
+    answers the policy never gives; on the sort task they left its true reward flat or lower (see
+    configs/dpo.yaml for the measurements).
     """
     import torch
 
