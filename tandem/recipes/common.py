@@ -152,6 +152,18 @@ def finish_run(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def finish_policy_run(run: Run, result: LoopResult, initial: str) -> dict[str, Any]:
+    """End a policy-training run (SFT, DPO): export the final model, score it and the model it
+    started from (`initial`) by the task's true reward, write the summary."""
+    if not result.finished:
+        return finish_run(run, {"stopped_at": result.step})
+    final = export_final(run, result.checkpoint)
+    rewards = true_reward_eval(run.cfg, initial, str(final))
+    if rewards:
+        run.tracker.log(rewards, step=result.step)
+    return finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval, **rewards})
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

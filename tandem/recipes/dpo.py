@@ -96,13 +96,7 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
         result = common.train_loop(run, group, train, order, lambda: common.evaluate(group, held_out), stop_after)
     finally:
         group.shutdown()
-    if not result.finished:
-        return common.finish_run(run, {"stopped_at": result.step})
-    final = common.export_final(run, result.checkpoint)
-    rewards = common.true_reward_eval(cfg, model_path, str(final))
-    if rewards:
-        run.tracker.log(rewards, step=result.step)
-    return common.finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval, **rewards})
+    return common.finish_policy_run(run, result, model_path)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
