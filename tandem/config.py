@@ -58,6 +58,8 @@ class DataConfig(_Section):
     """Held-out examples generated from the built-in task."""
     preference_temperature: float = Field(0.1, ge=0.0)
     """Annotator noise of built-in preference pairs: Bradley-Terry temperature (0 = always the better)."""
+    demo_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of built-in SFT demonstrations with a demonstrator slip (the task's `slip`)."""
 
 
 class RayConfig(_Section):

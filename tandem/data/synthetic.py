@@ -52,11 +52,27 @@ def rl_prompts(task: str | Task, n: int, seed: int = 0, split: Split = "train") 
     return [next(gen) for _ in range(n)]
 
 
-def sft_examples(task: str | Task, n: int, seed: int = 0, split: Split = "train") -> list[dict]:
-    """`n` demonstrations `{"prompt": str, "response": str}` answered by the reference solver."""
+def sft_examples(task: str | Task, n: int, seed: int = 0, split: Split = "train",
+                 error_rate: float = 0.0) -> list[dict]:
+    """`n` demonstrations `{"prompt": str, "response": str}` answered by the reference solver.
+
+    With `error_rate`, that fraction of the demonstrations carries a slip of the simulated
+    demonstrator (`task.slip`): people who write demonstrations err, while the same people
+    comparing two answers mostly pick the better one, which is why RLHF can beat SFT
+    (Ouyang et al. 2022). The slips draw from their own stream: the prompts do not change.
+    """
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
     task = get_task(task)
     gen = _prompts(task, _stream(task, "sft", seed, split), split)
-    return [{"prompt": p, "response": task.solve(p)} for p in (next(gen) for _ in range(n))]
+    slips = _stream(task, "sft-slips", seed, split)
+    examples = []
+    for prompt in (next(gen) for _ in range(n)):
+        answer = task.solve(prompt)
+        if slips.random() < error_rate:
+            answer = task.slip(prompt, answer, slips)
+        examples.append({"prompt": prompt, "response": answer})
+    return examples
 
 
 def bradley_terry_prob(score_a: float, score_b: float, temperature: float) -> float:

@@ -77,6 +77,10 @@ class Task(ABC):
     def corrupt(self, prompt: str, response: str, rng: random.Random) -> str:
         """A plausible but different alternative to `response` (never equal to it)."""
 
+    def slip(self, prompt: str, answer: str, rng: random.Random) -> str:
+        """A simulated demonstrator's mistake in writing `answer` (see `sft_examples(error_rate=)`)."""
+        return self.corrupt(prompt, answer, rng)
+
     def corpus(self, rng: random.Random, n: int) -> list[str]:
         """`n` prompt/answer texts: what the embedded tokenizer is trained on."""
         texts = []
@@ -114,6 +118,13 @@ class SortTask(Task):
             return 1.0 if got == target else 0.0
         right = sum(a == b for a, b in zip(got, target))
         return right / max(len(got), len(target))
+
+    def slip(self, prompt: str, answer: str, rng: random.Random) -> str:
+        """The demonstrator pastes the list back unsorted. A slip of the whole answer, not of one
+        digit: judging it takes no more than seeing that the list is out of order, which a reward
+        model the policy's size learns well, while its judgement of which digits belong is weak
+        (PPO against it drifts to wrong digits wherever the KL penalty lets it)."""
+        return format_numbers(prompt_numbers(prompt, self.name))
 
     def corrupt(self, prompt: str, response: str, rng: random.Random) -> str:
         numbers = parse_numbers(response) or sorted(prompt_numbers(prompt, self.name))

@@ -186,7 +186,9 @@ def load_records(cfg: Config, kind: str, split: str) -> list[dict]:
         return []
     n = cfg.data.num_train if split == "train" else cfg.data.num_eval
     if kind == "sft":
-        return sft_examples(cfg.data.task, n, seed=cfg.run.seed, split=split)
+        # Held-out demonstrations stay exact: eval/loss measures distance to the right answers.
+        error_rate = cfg.data.demo_error_rate if split == "train" else 0.0
+        return sft_examples(cfg.data.task, n, seed=cfg.run.seed, split=split, error_rate=error_rate)
     return preference_pairs(cfg.data.task, n, seed=cfg.run.seed, temperature=cfg.data.preference_temperature,
                             split=split)
 

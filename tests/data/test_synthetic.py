@@ -39,6 +39,19 @@ def test_sft_examples_are_reference_answers():
         assert task.true_reward(example["prompt"], example["response"]) == 1.0
 
 
+def test_demonstrator_slips_keep_the_prompts_and_hit_the_rate():
+    task, n = get_task("sort"), 2000
+    clean, noisy = sft_examples(task, n, seed=1), sft_examples(task, n, seed=1, error_rate=0.3)
+    assert [e["prompt"] for e in clean] == [e["prompt"] for e in noisy]  # slips have their own stream
+    slipped = [e for c, e in zip(clean, noisy) if c != e]
+    # The slip is the unsorted input; an input that is already sorted slips into the right answer.
+    assert all(e["response"] == e["prompt"].removeprefix("sort: ") for e in slipped)
+    assert 0.25 < len(slipped) / n < 0.32  # 30% drawn, less the inputs already sorted (~8% of them)
+    assert sft_examples(task, 50, seed=1, error_rate=1.0) != clean[:50]
+    with pytest.raises(ValueError, match="error_rate"):
+        sft_examples(task, 1, error_rate=1.5)
+
+
 def test_bradley_terry_prob_by_hand():
     assert bradley_terry_prob(1.0, 0.0, 1.0) == pytest.approx(1 / (1 + math.exp(-1)))
     assert bradley_terry_prob(0.0, 0.5, 0.25) == pytest.approx(1 / (1 + math.exp(2)))

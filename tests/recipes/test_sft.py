@@ -75,3 +75,15 @@ def test_stop_and_resume_equals_straight_run(ray_session, tmp_path):
     assert AutoTokenizer.from_pretrained(summary["final_model"]).eos_token_id is not None
     with pytest.raises(UserError, match="already holds checkpoints"):
         sft.run(straight)
+
+
+def test_demonstrator_slips_reach_training_but_not_held_out(tmp_path):
+    from tandem.data import get_task
+    from tandem.recipes.common import load_records
+
+    cfg = load_config("configs/demo-sft.yaml", ["data.num_train=400", "data.num_eval=400"])
+    assert cfg.data.demo_error_rate == 0.3
+    task = get_task("sort")
+    wrong = {split: sum(task.true_reward(r["prompt"], r["response"]) < 1 for r in load_records(cfg, "sft", split))
+             for split in ("train", "eval")}
+    assert wrong["eval"] == 0 and 80 < wrong["train"] < 150  # ~28% of 400
