@@ -6,10 +6,9 @@ metrics the run did not log is left out, so the same report serves SFT, RM, DPO 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tandem.errors import UserError
+from tandem.tracking import read_metrics
 
 # panel file stem -> (title, metric key prefixes plotted in it)
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -20,22 +19,6 @@ PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "timing": ("Stage time per step (s)", ("timing/",)),
     "loss": ("Losses", ("train/loss", "eval/loss", "actor/pg_loss", "critic/value_loss")),
 }
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of `RUN_DIR/metrics.jsonl` (UserError naming the file and line when unreadable)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"no metrics in {run_dir}: {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}, line {n}: not JSON ({e.msg})") from None
-    return rows
 
 
 def _series(rows: list[dict], prefixes: tuple[str, ...]) -> dict[str, tuple[list[float], list[float]]]:

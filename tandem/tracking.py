@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tandem.config import WandbConfig
+from tandem.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 _WANDB_ID_FILE = "wandb_id"
@@ -76,6 +77,8 @@ class Tracker:
         elif self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
+        self._resume_step = resume_step
+        self._tables: set[str] = set()  # tables written by this Tracker (their files are current)
         self.mode = wandb_mode(cfg)
         self._wandb = None if self.mode == "disabled" else self._init_wandb(cfg, name, job, config, resume_step)
 
@@ -114,8 +117,16 @@ class Tracker:
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """A table of examples (e.g. prompt, response, reward): appended to `<name>.jsonl` in the run
-        folder, one line per step, and logged to W&B as a `wandb.Table`."""
-        with (self.run_dir / f"{name}.jsonl").open("a", encoding="utf-8") as f:
+        folder, one line per step (a resumed run first drops the lines after its checkpoint), and
+        logged to W&B as a `wandb.Table`."""
+        path = self.run_dir / f"{name}.jsonl"
+        if name not in self._tables:  # like metrics.jsonl: start over, or drop what followed the checkpoint
+            self._tables.add(name)
+            if self._resume_step is not None:
+                _truncate_after(path, self._resume_step)
+            else:
+                path.unlink(missing_ok=True)
+        with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "columns": columns, "rows": _jsonable_rows(rows)}) + "\n")
         if self._wandb is not None:
             import wandb
@@ -141,16 +152,26 @@ class Tracker:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl file (a run folder or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a metrics.jsonl file (a run folder or the file itself); UserError naming the file
+    and line when it is missing or unreadable (`tandem report` hands users these)."""
+    return _read_jsonl(Path(path) / METRICS_FILE if Path(path).is_dir() else Path(path))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"no metrics in {path.parent}: {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}, line {n}: not JSON ({e.msg})") from None
+    return rows
 
 
 def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    rows = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

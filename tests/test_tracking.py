@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from tandem.config import WandbConfig
+from tandem.errors import UserError
 from tandem.tracking import Tracker, read_metrics, wandb_mode
 
 
@@ -38,6 +40,30 @@ def test_fresh_run_starts_a_new_file(tmp_path):
         with Tracker(tmp_path, WandbConfig(mode="disabled"), "r", "sft") as tracker:
             tracker.log({"x": 1}, step=1)
     assert len(read_metrics(tmp_path)) == 1
+
+
+def test_sample_tables_start_over_or_resume_like_the_metrics(tmp_path):
+    def steps():
+        return [json.loads(line)["step"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+
+    disabled = WandbConfig(mode="disabled")
+    with Tracker(tmp_path, disabled, "r", "ppo") as tracker:
+        for step in (2, 4, 6):
+            tracker.table("samples", ["prompt", "response"], [["p", f"r{step}"]], step=step)
+    with Tracker(tmp_path, disabled, "r", "ppo", resume_step=4) as tracker:
+        tracker.table("samples", ["prompt", "response"], [["p", "again"]], step=6)
+    assert steps() == [2, 4, 6]  # the interrupted run's step 6 is gone, the resumed one's kept
+    with Tracker(tmp_path, disabled, "r", "ppo") as tracker:
+        tracker.table("samples", ["prompt", "response"], [["p", "new"]], step=2)
+    assert steps() == [2]
+
+
+def test_unreadable_metrics_name_the_file_and_line(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n\n{oops\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl, line 3: not JSON"):
+        read_metrics(tmp_path)
 
 
 def test_wandb_mode_rule(monkeypatch):
