@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from _common import ray_up
+from _common import PeakMemory, ray_up
 
 TITLE = "ppo: the default job (tiny-qwen2, 32 prompts x 4 samples, <= 32 tokens, grpo), 1 engine, 1 rank"
 STEPS = 5
@@ -22,8 +22,9 @@ def run() -> list[tuple]:
     with tempfile.TemporaryDirectory() as out:
         cfg = Config.model_validate({"run": {"name": "bench-ppo", "output_dir": out}, "wandb": {"mode": "disabled"},
                                      "ppo": {"steps": STEPS}})
-        ray_up(max(8, Roles.cpus_needed(cfg)))
-        summary = ppo.run(cfg)
+        with PeakMemory() as peak:  # entered first: Ray's processes start inside, as our children
+            ray_up(max(8, Roles.cpus_needed(cfg)))
+            summary = ppo.run(cfg)
         rows = read_metrics(f"{out}/bench-ppo")
     # Step 1 pays one-off costs (vLLM's first-call kernel setup): reported apart, left out of the means.
     steady = rows[1:]
@@ -47,5 +48,7 @@ def run() -> list[tuple]:
         ("training", mean("perf/train_tokens_per_s"), "tokens/s", "response tokens / update time"),
         ("response length", mean("rollout/response_length/mean"), "tokens", f"max {cfg.model.max_response_len}"),
         ("logprob mismatch", mean("rollout/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
+        ("peak memory", peak.peak_pss / 2**30, "GiB", f"PSS of the driver and Ray's processes "
+                                                      f"({peak.peak_rss / 2**30:.2f} GiB summing RSS)"),
     ]
     return out_rows
