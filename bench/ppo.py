@@ -48,7 +48,7 @@ def run() -> list[tuple]:
         ("training", mean("perf/train_tokens_per_s"), "tokens/s", "response tokens / update time"),
         ("response length", mean("rollout/response_length/mean"), "tokens", f"max {cfg.model.max_response_len}"),
         ("logprob mismatch", mean("rollout/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
-        ("peak memory", peak.peak_pss / 2**30, "GiB", f"PSS of the driver and Ray's processes "
-                                                      f"({peak.peak_rss / 2**30:.2f} GiB summing RSS)"),
+        ("peak memory", peak.peak_pss / 2**30, "GiB",
+         f"PSS of the driver and Ray's processes ({peak.peak_rss / 2**30:.2f} GiB summing RSS)"),
     ]
     return out_rows
