@@ -281,6 +281,11 @@ class PPOConfig(_Section):
     """Checkpoint every N steps (0: only at the end)."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
+    colocate: list[Literal["critic", "reference", "reward"]] = []
+    """Roles placed with the policy learners instead of apart: critic rank i shares policy rank i's
+    placement bundle, the reference and reward actors share bundle 0; each keeps its own CPUs/GPUs,
+    added to the bundle (on GPUs give fractions that fit one device, e.g. 0.5 + 0.25 + 0.25). Their
+    own `resources` are then unused: they land where the policy does. Engines always stand apart."""
 
 
 class PipelineConfig(_Section):

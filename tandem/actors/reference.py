@@ -33,16 +33,16 @@ class ReferenceModel:
 
 
 def make_reference_actor(cfg: Config, path: str | None = None, cpus: float | None = None,
-                         gpus: float | None = None) -> Any:
+                         gpus: float | None = None, placement: tuple[Any, int] | None = None) -> Any:
     """Start the reference actor for the policy at `path` (default: `cfg.model.path`), in the
     engines' dtype (`model.dtype`), placed and batched by the `reference` section (`cpus`/`gpus`
-    override it)."""
+    override it; `placement` = (placement group, bundle index) colocates it there)."""
     import ray
 
-    from tandem.cluster.runtime import worker_env
+    from tandem.cluster.runtime import placement_options, worker_env
 
     ref = cfg.reference
     actor = ray.remote(ReferenceModel).options(
         num_cpus=ref.cpus if cpus is None else cpus, num_gpus=ref.gpus if gpus is None else gpus,
-        resources=dict(ref.resources), runtime_env={"env_vars": worker_env()})
+        **placement_options(ref.resources, placement), runtime_env={"env_vars": worker_env()})
     return actor.remote(path or cfg.model.path, cfg.model.dtype, ref.batch_size)

@@ -176,19 +176,20 @@ class RewardScorer:
         return RewardResult(total, parts)
 
 
-def make_reward_actor(cfg: Config, rm_path: str | None = None) -> Any:
-    """Start the reward actor (`RewardScorer` in a Ray actor with `reward.cpus`/`reward.gpus`)."""
+def make_reward_actor(cfg: Config, rm_path: str | None = None, placement: tuple[Any, int] | None = None) -> Any:
+    """Start the reward actor (`RewardScorer` in a Ray actor with `reward.cpus`/`reward.gpus`;
+    `placement` = (placement group, bundle index) colocates it there)."""
     import os
 
     import ray
 
-    from tandem.cluster.runtime import worker_env
+    from tandem.cluster.runtime import placement_options, worker_env
 
     # The actor may run on another node: hand it the HTTP components' tokens from the driver's env.
     tokens = {c.token_env: os.environ[c.token_env] for c in cfg.reward.components
               if c.kind == "http" and c.token_env in os.environ}
     actor = ray.remote(RewardScorer).options(num_cpus=cfg.reward.cpus, num_gpus=cfg.reward.gpus,
-                                             resources=dict(cfg.reward.resources),
+                                             **placement_options(cfg.reward.resources, placement),
                                              runtime_env={"env_vars": {**worker_env(), **tokens}})
     return actor.remote(cfg.reward.components, cfg.data.task, rm_path, cfg.model.dtype, cfg.reward.batch_size,
                         cfg.model.max_prompt_len, cfg.model.max_response_len)

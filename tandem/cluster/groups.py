@@ -46,11 +46,13 @@ def make_placement_group(
     name: str = "",
     timeout_s: float = 300.0,
     resources: Mapping[str, float] | None = None,
+    first_bundle_extra: Mapping[str, float] | None = None,
 ):
     """A placement group of identical bundles, ready (resources reserved) when it returns.
 
     `resources`: Ray custom resources of each bundle (e.g. {"node_learn": 1} pins it to nodes
-    that advertise that resource).
+    that advertise that resource). `first_bundle_extra`: resources added to bundle 0 only (the
+    single actors colocated with rank 0).
 
     Raises ActorGroupError if the cluster cannot provide the bundles within `timeout_s` (a common
     cause: asking for more CPUs/GPUs than the cluster has).
@@ -63,12 +65,16 @@ def make_placement_group(
     bundle: dict[str, float] = {"CPU": cpus_per_bundle, **(resources or {})}
     if gpus_per_bundle:
         bundle["GPU"] = gpus_per_bundle
-    pg = placement_group([dict(bundle) for _ in range(num_bundles)], strategy=strategy, name=name)
+    bundles = [dict(bundle) for _ in range(num_bundles)]
+    for key, value in (first_bundle_extra or {}).items():
+        if value:
+            bundles[0][key] = bundles[0].get(key, 0.0) + value
+    pg = placement_group(bundles, strategy=strategy, name=name)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
         raise ActorGroupError(
-            f"{name or 'placement group'}: {num_bundles} bundles of {bundle} ({strategy}) were not "
+            f"{name or 'placement group'}: bundles {bundles} ({strategy}) were not "
             f"available within {timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}",
             name,
             list(range(num_bundles)),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from tandem.config import RayConfig
 
@@ -33,6 +35,18 @@ def worker_env() -> dict[str, str]:
     keys = ("RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "HF_DATASETS_OFFLINE",
             "VLLM_ENABLE_V1_MULTIPROCESSING", "DS_ACCELERATOR", "TANDEM_CACHE", "WANDB_MODE")
     return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def placement_options(resources: Mapping[str, float], placement: tuple[Any, int] | None) -> dict[str, Any]:
+    """Ray actor options that place a single actor: by its custom `resources`, or, colocated, in
+    bundle `placement[1]` of placement group `placement[0]` (whose node the bundle already chose,
+    so the actor's own custom resources are not asked for again)."""
+    if placement is None:
+        return {"resources": dict(resources)}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group, bundle = placement
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, bundle)}
 
 
 def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:

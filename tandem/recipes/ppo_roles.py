@@ -45,6 +45,7 @@ class Roles:
     def __init__(self, cfg: Config, rm_path: str | None = None) -> None:
         self.cfg = cfg
         self._groups: list[Any] = []
+        self._placement: Any = None  # the policy's placement group, when roles are colocated in it
         try:
             self._start(rm_path)
         except BaseException:
@@ -78,16 +79,18 @@ class Roles:
         self.rng = random.Random(cfg.run.seed)
         # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
-        self.policy = self._learners("policy", PolicyLearner, cfg.learner, path, total_steps,
+        shared = self._colocated_placement()
+        self.policy = self._learners("policy", PolicyLearner, cfg.learner, path, total_steps, shared,
                                      clip_eps=p.clip_eps, entropy_coef=p.entropy_coef)
         self.critic = None
         if p.advantage == "gae":
             self.critic = self._learners("critic", CriticLearner, cfg.critic, path, total_steps,
-                                         value_clip_eps=p.value_clip_eps)
+                                         shared if "critic" in p.colocate else None, value_clip_eps=p.value_clip_eps)
         self.rollout = RolloutGroup(cfg)
         self._groups.append(self.rollout)
-        self.reward = make_reward_actor(cfg, rm_path)
-        self.reference = make_reference_actor(cfg, path, cfg.reference.cpus, cfg.reference.gpus)
+        self.reward = make_reward_actor(cfg, rm_path, (shared, 0) if "reward" in p.colocate else None)
+        self.reference = make_reference_actor(cfg, path, cfg.reference.cpus, cfg.reference.gpus,
+                                              (shared, 0) if "reference" in p.colocate else None)
         self._actors = [self.reward, self.reference]
         setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
         self.policy.collect(setups, "setup")
@@ -96,10 +99,38 @@ class Roles:
         self.weight_sync.setup()
         self.version = 0  # weight syncs done: the version the engines sample with
 
-    def _learners(self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, **kwargs) -> ActorGroup:
+    def _colocated_placement(self) -> Any:
+        """The policy's placement group, sized for the roles `ppo.colocate` puts in it; None when
+        nothing is colocated (the policy group then makes its own)."""
+        import uuid
+
+        from tandem.cluster.groups import make_placement_group
+
+        cfg, co = self.cfg, self.cfg.ppo.colocate
+        if not co:
+            return None
+        lc, cpus, gpus = cfg.learner, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank
+        if "critic" in co:
+            if cfg.ppo.advantage != "gae" or cfg.critic.world_size != lc.world_size:
+                raise UserError("ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
+                                f"ppo.advantage gae and critic.world_size = learner.world_size ({lc.world_size}); "
+                                f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}")
+            cpus, gpus = cpus + cfg.critic.cpus_per_rank, gpus + cfg.critic.gpus_per_rank
+        singles = [section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co]
+        extra = {"CPU": sum(x.cpus for x in singles), "GPU": sum(x.gpus for x in singles)}
+        self._placement = make_placement_group(lc.world_size, cpus, gpus, lc.placement, name=f"policy-{uuid.uuid4().hex[:8]}",
+                                               resources=lc.resources, first_bundle_extra=extra)
+        return self._placement
+
+    def _learners(self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, placement: Any,
+                  **kwargs) -> ActorGroup:
+        """A learner group; in `placement` (rank i in bundle i) when given, else in its own."""
+        where = {} if placement is None else {"placement_group": placement, "bundle_indices": range(lc.world_size)}
+        # A colocated critic goes where the policy's bundles are: it asks for no custom resources.
+        resources = lc.resources if placement is None or role == "policy" else None
         group = ActorGroup(role, cls, lc.world_size, cpus_per_actor=lc.cpus_per_rank, gpus_per_actor=lc.gpus_per_rank,
-                           strategy=lc.placement, resources=lc.resources,
-                           args=(lc, path, total_steps, self.cfg.run.seed), kwargs=kwargs)
+                           strategy=lc.placement, resources=resources,
+                           args=(lc, path, total_steps, self.cfg.run.seed), kwargs=kwargs, **where)
         self._groups.append(group)
         return group
 
@@ -204,6 +235,11 @@ class Roles:
         for actor in getattr(self, "_actors", []):
             ray.kill(actor)
         self._groups, self._actors = [], []
+        if self._placement is not None:  # after its actors: a group in use cannot go
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._placement)
+            self._placement = None
 
     def __enter__(self) -> Self:
         return self

@@ -60,11 +60,20 @@ class RecordingRoles(Roles):
         self.synced: list[list[int]] = []
         super().__init__(*args, **kwargs)
         self.layout = (len(self.rollout.engines), self.policy.world_size, self.critic.world_size if self.critic else 0)
+        self.placement_groups = {name: [_placement_group_of(a) for a in actors] for name, actors in (
+            ("policy", self.policy.actors), ("critic", self.critic.actors if self.critic else []),
+            ("reference", [self.reference]), ("reward", [self.reward]), ("engines", self.rollout.engines))}
         RecordingRoles.made.append(self)
 
     def sync_weights(self) -> None:
         super().sync_weights()
         self.synced.append(self.rollout.weight_versions())
+
+
+def _placement_group_of(actor) -> str | None:
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_placement_group_id()))
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,9 @@ def learn(ray_session, recording, tmp_path_factory):
 def test_one_engine_one_rank(learn, recording):
     (roles,) = _roles(recording, "straight")
     assert roles.layout == (1, 1, 0)
+    # Nothing colocated: the policy group has its own placement group, the single actors none.
+    assert roles.placement_groups["reference"] == roles.placement_groups["reward"] == [None]
+    assert None not in roles.placement_groups["policy"]
     assert roles.synced == [[v] for v in range(1, LEARN_STEPS + 1)]  # the engine loaded every step's weights
     rows = _rows(learn / "straight")
     assert sorted(rows) == list(range(1, LEARN_STEPS + 1))
@@ -161,13 +173,19 @@ def _check_sane(rows: dict[int, dict]) -> None:
     assert rows[1]["kl/mean"] == 0 and rows[2]["kl/mean"] != 0
 
 
-def test_two_engines_two_ranks_zero3_with_critic(ray_session, recording, tmp_path):
+def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recording, tmp_path):
     cfg = _cfg(tmp_path, "zero3", "ppo.steps=2", "rollout.num_engines=2", "learner.world_size=2",
-               "learner.zero_stage=3", "ppo.advantage=gae", "critic.world_size=2", "critic.zero_stage=3")
+               "learner.zero_stage=3", "ppo.advantage=gae", "critic.world_size=2", "critic.zero_stage=3",
+               "ppo.colocate=[critic,reference,reward]")
     summary = ppo.run(cfg)
     assert summary["steps"] == 2 and "final_model" in summary
     (roles,) = _roles(recording, "zero3")
     assert roles.layout == (2, 2, 2)
+    # Colocated roles sit in the policy's placement group; the engines stand apart (in none here).
+    pgs = roles.placement_groups
+    (policy_pg,) = set(pgs["policy"])
+    assert policy_pg is not None and set(pgs["critic"] + pgs["reference"] + pgs["reward"]) == {policy_pg}
+    assert policy_pg not in pgs["engines"]
     assert roles.synced == [[1, 1], [2, 2]]  # every engine loaded every step's weights
     rows = _rows(tmp_path / "zero3")
     assert sorted(rows) == [1, 2]
@@ -175,3 +193,10 @@ def test_two_engines_two_ranks_zero3_with_critic(ray_session, recording, tmp_pat
     for row in rows.values():
         assert {"critic/explained_variance", "critic/value_loss", "critic/values_mean", "critic/grad_norm"} <= set(row)
     assert rows[1]["critic/values_mean"] != rows[2]["critic/values_mean"]  # the critic trained
+
+
+def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):
+    for bad in (["ppo.advantage=grpo"], ["ppo.advantage=gae", "critic.world_size=2"]):
+        cfg = _cfg(tmp_path, "bad", "ppo.colocate=[critic]", *bad)
+        with pytest.raises(UserError, match=r"ppo.colocate: .*critic.world_size = learner.world_size \(1\)"):
+            Roles(cfg)
