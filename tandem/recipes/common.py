@@ -310,6 +310,22 @@ def train_loop(
     return LoopResult(checkpoint, step, step == total, last_eval)
 
 
+def fit(run: Run, cfg: Config, role: str, learner_cls: type, model_path: str, train: Sequence[dict],
+        evaluate_fn: Callable[[ActorGroup], dict[str, float]], stop_after: int | None = None,
+        **learner_kwargs: Any) -> LoopResult:
+    """A learner group's whole job over `train` (SFT, RM, DPO): the batch order, the group, resume
+    from the run's latest checkpoint, `train_loop` evaluating with `evaluate_fn(group)`; the group
+    is shut down after."""
+    order = BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps, cfg.run.seed)
+    group = learner_group(role, learner_cls, cfg.learner, model_path, order.total_steps, cfg.run.seed,
+                          **learner_kwargs)
+    try:
+        resume(run, group)
+        return train_loop(run, group, train, order, lambda: evaluate_fn(group), stop_after)
+    finally:
+        group.shutdown()
+
+
 @dataclass
 class LoopResult:
     checkpoint: Path  # the last checkpoint written (or resumed from)

@@ -87,15 +87,9 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     run = common.start_run(cfg, "dpo", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg, model_path, run.dir)
-    order = common.BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps,
-                              cfg.run.seed)
-    group = common.learner_group("policy", DPOLearner, cfg.learner, model_path, order.total_steps, cfg.run.seed,
-                                 beta=cfg.dpo.beta, loss=cfg.dpo.loss)
-    try:
-        common.resume(run, group)
-        result = common.train_loop(run, group, train, order, lambda: common.evaluate(group, held_out), stop_after)
-    finally:
-        group.shutdown()
+    result = common.fit(run, cfg, "policy", DPOLearner, model_path, train,
+                        lambda group: common.evaluate(group, held_out), stop_after,
+                        beta=cfg.dpo.beta, loss=cfg.dpo.loss)
     return common.finish_policy_run(run, result, model_path)
 
 

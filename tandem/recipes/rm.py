@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tandem.cluster.groups import ActorGroup
 from tandem.config import Config
 from tandem.recipes import common
 
@@ -52,18 +53,11 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     run = common.start_run(cfg, "rm", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out, held_out_true = load_data(cfg)
-    order = common.BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps,
-                              cfg.run.seed)
-    group = common.learner_group("rm", RewardLearner, cfg.learner, model_path, order.total_steps, cfg.run.seed)
 
-    def evaluate() -> dict[str, float]:
+    def evaluate(group: ActorGroup) -> dict[str, float]:
         return {**common.evaluate(group, held_out), **common.evaluate(group, held_out_true, "eval/true_")}
 
-    try:
-        common.resume(run, group)
-        result = common.train_loop(run, group, train, order, evaluate, stop_after)
-    finally:
-        group.shutdown()
+    result = common.fit(run, cfg, "rm", RewardLearner, model_path, train, evaluate, stop_after)
     if not result.finished:
         return common.finish_run(run, {"stopped_at": result.step})
     final = common.export_final(run, result.checkpoint)

@@ -31,14 +31,8 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     run = common.start_run(cfg, "sft", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg)
-    order = common.BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps,
-                              cfg.run.seed)
-    group = common.learner_group("policy", SFTLearner, cfg.learner, model_path, order.total_steps, cfg.run.seed)
-    try:
-        common.resume(run, group)
-        result = common.train_loop(run, group, train, order, lambda: common.evaluate(group, held_out), stop_after)
-    finally:
-        group.shutdown()
+    result = common.fit(run, cfg, "policy", SFTLearner, model_path, train,
+                        lambda group: common.evaluate(group, held_out), stop_after)
     return common.finish_policy_run(run, result, model_path)
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
