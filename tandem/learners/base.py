@@ -15,9 +15,9 @@ Losses are normalised over the GLOBAL batch: each micro-batch's mean is weighted
 all units on all ranks. So the gradient is the same whatever the world size, micro-batch size and
 padding (token-mean SFT losses included), which is what makes world size 1 and world size 2 agree.
 
-CPU vs GPU: on CPU DeepSpeed uses its CPU accelerator and gloo, and a client `torch.optim.AdamW`
-(DeepSpeed's own optimizers JIT-compile C++ ops on CPU, 75-110 s each); on GPU NCCL and DeepSpeed's
-fused AdamW from the DeepSpeed config.
+CPU vs GPU: on CPU DeepSpeed uses its CPU accelerator and gloo, on GPU NCCL. The optimizer is a
+client `torch.optim.AdamW` on both (its fused CUDA kernel on GPU): DeepSpeed's own optimizers
+JIT-compile C++/CUDA ops at first use (75-110 s each on CPU, and a CUDA toolchain on GPU).
 
 ZeRO-3: the model is loaded whole on every rank and `deepspeed.initialize` partitions it (ZeRO-3's
 engine wraps a non-partitioned module in `zero.Init(module=...)`). Chosen over `HfDeepSpeedConfig`
@@ -47,8 +47,9 @@ from tandem.learners.schedule import lr_multiplier
 DS_TAG = "state"  # the one tag under a checkpoint's deepspeed/ folder
 
 
-def deepspeed_config(cfg: LearnerConfig, world_size: int, on_gpu: bool) -> dict[str, Any]:
-    """The DeepSpeed config for a LearnerConfig (batching, ZeRO stage, precision, clipping)."""
+def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for a LearnerConfig (batching, ZeRO stage, precision, clipping). The
+    optimizer is the learner's own (see the module docstring), so none is named here."""
     gas = cfg.global_batch_size // (cfg.micro_batch_size * world_size)
     ds: dict[str, Any] = {
         "train_batch_size": cfg.global_batch_size,
@@ -63,11 +64,6 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, on_gpu: bool) -> dict[
     }
     if cfg.zero_stage == 3:
         ds["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
-    if on_gpu:
-        ds["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "weight_decay": cfg.optim.weight_decay},
-        }
     return ds
 
 
@@ -140,13 +136,12 @@ class DeepSpeedLearner:
         schedule = functools.partial(
             lr_multiplier, warmup_steps=opt.warmup_steps, total_steps=self.total_steps, min_lr_ratio=opt.min_lr_ratio
         )
-        optimizer = None if on_gpu else torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, fused=on_gpu)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=groups if on_gpu else None,
             optimizer=optimizer,
             lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, schedule),
-            config=deepspeed_config(self.cfg, self.world_size, on_gpu),
+            config=deepspeed_config(self.cfg, self.world_size),
             dist_init_required=False,
         )
         self.model = self.engine.module
