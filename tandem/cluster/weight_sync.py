@@ -60,16 +60,30 @@ class BroadcastGroup:
         self._pg.broadcast(tensor, 0).wait()
 
 
-def send_bucket(group: BroadcastGroup, pairs: Sequence[tuple[str, torch.Tensor]]) -> int:
-    """Send one bucket of same-dtype tensors (rank 0 only); returns its payload bytes."""
+def pack_bucket(pairs: Sequence[tuple[str, torch.Tensor]]) -> tuple[dict[str, Any], torch.Tensor]:
+    """Same-dtype `(name, tensor)` pairs -> (JSON-able header, one flat buffer on their device).
+
+    One flat buffer per bucket: one collective instead of one per parameter."""
     dtypes = {t.dtype for _, t in pairs}
     if len(dtypes) != 1:
         raise ValueError(f"a bucket holds one dtype, got {sorted(map(str, dtypes))}")
     header = {"names": [n for n, _ in pairs], "shapes": [list(t.shape) for _, t in pairs],
               "dtype": str(dtypes.pop())}
+    return header, torch.cat([t.detach().reshape(-1) for _, t in pairs])
+
+
+def unpack_bucket(header: dict[str, Any], flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """The inverse of `pack_bucket`: `(name, tensor)` pairs, views into `flat`."""
+    numels = [_numel(shape) for shape in header["shapes"]]
+    for name, shape, part in zip(header["names"], header["shapes"], flat.split(numels), strict=True):
+        yield name, part.view(shape)
+
+
+def send_bucket(group: BroadcastGroup, pairs: Sequence[tuple[str, torch.Tensor]]) -> int:
+    """Send one bucket of same-dtype tensors (rank 0 only); returns its payload bytes."""
+    header, flat = pack_bucket(pairs)
     _send_header(group, header)
-    # One flat buffer per bucket: one collective instead of one per parameter.
-    flat = torch.cat([t.detach().reshape(-1) for _, t in pairs]).to(group.device)
+    flat = flat.to(group.device)
     group.broadcast(flat)
     return flat.numel() * flat.element_size()
 
@@ -96,14 +110,12 @@ def receive_stream(group: BroadcastGroup, device: torch.device | str | None = No
         raw = torch.empty(int(length.item()), dtype=torch.uint8, device=group.device)
         group.broadcast(raw)
         header = json.loads(bytes(raw.cpu().tolist()).decode())
-        dtype = _DTYPES[header["dtype"]]
-        numels = [_numel(shape) for shape in header["shapes"]]
-        flat = torch.empty(sum(numels), dtype=dtype, device=group.device)
+        numel = sum(_numel(shape) for shape in header["shapes"])
+        flat = torch.empty(numel, dtype=_DTYPES[header["dtype"]], device=group.device)
         group.broadcast(flat)
         if device is not None:
             flat = flat.to(device)
-        for name, shape, part in zip(header["names"], header["shapes"], flat.split(numels)):
-            yield name, part.view(shape)
+        yield from unpack_bucket(header, flat)
 
 
 def _send_header(group: BroadcastGroup, header: dict[str, Any]) -> None:
