@@ -3,7 +3,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint
+.PHONY: demo test bench lint gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml constraints-cpu.txt scripts/install.sh
 	bash scripts/install.sh
@@ -21,3 +21,12 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tandem tests
+
+# The GPU check runs on a machine without .venv (torch and transformers preinstalled, the rest as
+# wheels from `make gpu-wheels`; see the README's GPU section). `make gpu-check ARGS=--cpu` is the dry run.
+GPU_PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(ARGS)
+
+gpu-wheels: $(STAMP)
+	bash scripts/gpu_wheels.sh
