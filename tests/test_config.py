@@ -88,6 +88,38 @@ def test_batch_sizes_must_divide():
         load_config(None, ["learner.micro_batch_size=4", "learner.global_batch_size=10"])
 
 
+def test_algorithm_names_come_from_the_registries(tmp_path):
+    path = write(tmp_path, "bad.yaml", "run:\n  name: x\nppo:\n  steps: 2\n  advantage: rlooo\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert f"`ppo.advantage` = 'rlooo' ({path}, line 5): unknown advantage estimator" in msg
+    assert "choose from gae, grpo, reinforce++, rloo; did you mean 'rloo'?" in msg
+    bad = ["ppo.kl_estimator=k4", "ppo.kl_controller=pid", "ppo.policy_loss=sppo", "dpo.loss=kto"]
+    with pytest.raises(UserError) as e:
+        load_config(None, bad)
+    msg = str(e.value)
+    for key, kind, names in (("ppo.kl_estimator", "KL estimator", "k1, k2, k3"),
+                             ("ppo.kl_controller", "KL controller", "adaptive, fixed"),
+                             ("ppo.policy_loss", "policy loss", "ppo"),
+                             ("dpo.loss", "preference loss", "dpo, ipo")):
+        assert f"`{key}` = " in msg and f"(command line): unknown {kind}; choose from {names}" in msg
+    cfg = load_config(None, ["ppo.advantage=reinforce++", "ppo.kl_controller=adaptive", "dpo.loss=ipo"])
+    assert (cfg.ppo.advantage, cfg.ppo.kl_controller, cfg.dpo.loss) == ("reinforce++", "adaptive", "ipo")
+
+
+def test_default_algorithm_names_are_registered():
+    # Defaults skip validation: check them against the registries here.
+    from tandem import algos
+
+    cfg = Config()
+    assert cfg.ppo.advantage in algos.ADV_ESTIMATORS.names()
+    assert cfg.ppo.kl_estimator in algos.KL_ESTIMATORS.names()
+    assert cfg.ppo.kl_controller in algos.KL_CONTROLLERS.names()
+    assert cfg.ppo.policy_loss == "ppo" and cfg.ppo.policy_loss in algos.POLICY_LOSSES.names()
+    assert cfg.dpo.loss in algos.PREFERENCE_LOSSES.names()
+
+
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")

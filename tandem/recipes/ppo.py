@@ -33,7 +33,7 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
     from tqdm.auto import tqdm
 
     p = cfg.ppo
-    kl_ctl = make_kl_controller(p.kl_controller, **_kl_args(cfg))
+    kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, target=p.kl_target, horizon=p.kl_horizon)
     order = common.BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
                               max_steps=p.steps, seed=cfg.run.seed)
     if run.resume_from is not None:
@@ -78,13 +78,6 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
             break
     bar.close()
     return step
-
-
-def _kl_args(cfg: Config) -> dict[str, Any]:
-    p = cfg.ppo
-    if p.kl_controller == "fixed":
-        return {"kl_coef": p.kl_coef}
-    return {"init_kl_coef": p.kl_coef, "target": p.kl_target, "horizon": p.kl_horizon}
 
 
 def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
