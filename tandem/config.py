@@ -132,9 +132,9 @@ class LearnerConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Training precision."""
     micro_batch_size: int = Field(32, ge=1)
-    """Sequences per rank per forward/backward."""
+    """Sequences per rank per forward/backward (PPO, when unset: cut to divide a rank's share of a minibatch)."""
     global_batch_size: int = Field(64, ge=1)
-    """Sequences per optimizer step over all ranks (gradient accumulation fills the gap)."""
+    """Sequences per optimizer step over all ranks (PPO, when unset: one minibatch of the rollout batch)."""
     cpus_per_rank: float = Field(1.0, gt=0)
     """Ray CPUs of each rank."""
     gpus_per_rank: float = Field(0.0, ge=0)
@@ -492,6 +492,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise UserError(_explain(e, origins)) from None
 
 
-def dump_config(cfg: Config) -> str:
-    """The fully resolved config as YAML (what `tandem config show` prints and run folders keep)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def dump_config(cfg: Config, only_set: bool = False) -> str:
+    """The fully resolved config as YAML (what `tandem config show` prints and run folders keep).
+
+    `only_set`: just the values the files and overrides set, so a job loaded from it tells set from
+    defaulted values as the original did (PPO derives the batch sizes the user left unset).
+    """
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=only_set), sort_keys=False)

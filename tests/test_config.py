@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from tandem.config import Config, dump_config, load_config
@@ -143,6 +144,15 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(None, ["ppo.steps=3", "learner.zero_stage=2"])
     again = load_config(write(tmp_path, "dump.yaml", dump_config(cfg)))
     assert again == cfg
+
+
+def test_dump_of_set_values_keeps_what_was_set(tmp_path):
+    write(tmp_path, "base.yaml", "learner:\n  micro_batch_size: 8\n")
+    cfg = load_config(write(tmp_path, "job.yaml", "base: base.yaml\nppo:\n  steps: 3\n"), ["run.name=x"])
+    text = dump_config(cfg, only_set=True)
+    assert yaml.safe_load(text) == {"run": {"name": "x"}, "learner": {"micro_batch_size": 8}, "ppo": {"steps": 3}}
+    again = load_config(write(tmp_path, "dump.yaml", text))
+    assert again == cfg and again.learner.model_fields_set == {"micro_batch_size"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -18,7 +18,7 @@ from tandem.config import Config
 from tandem.errors import UserError
 from tandem.recipes import common
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
-from tandem.recipes.ppo_roles import Roles, ppo_learner_config
+from tandem.recipes.ppo_roles import Roles, needs_critic, ppo_learner_config
 
 
 @contextmanager
@@ -104,8 +104,8 @@ def load_prompts(cfg: Config) -> list[str | list[dict]]:
 def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None,
         rm_path: str | None = None) -> dict[str, Any]:
     """The whole PPO job; returns its summary (also `<run_dir>/summary.json`)."""
-    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, cfg.learner),
-                                 "critic": ppo_learner_config(cfg, cfg.critic)})
+    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, "learner"),
+                                 **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {})})
     prompts = load_prompts(cfg)
     run = common.start_run(cfg, "ppo", resume_dir)
     with Roles(cfg, rm_path) as roles:
