@@ -190,3 +190,14 @@ def test_cli_user_error_exit_2_without_traceback(tmp_path):
     assert "unknown key `ppo.stepz`" in out.stderr and "did you mean `ppo.steps`" in out.stderr
     missing = run_cli("config", "show", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_cli_ppo_job_keeps_train_as_an_alias(tmp_path):
+    from tandem.cli import job_entry
+    from tandem.recipes import ppo
+
+    assert job_entry("ppo") is job_entry("train") is ppo.main
+    for command in ("ppo", "train"):  # both parse as a job; the missing file is the only complaint
+        out = run_cli(command, str(tmp_path / "none.yaml"))
+        assert out.returncode == 2 and "config file not found" in out.stderr, out.stderr
+    assert "ppo (train)" in run_cli("--help").stdout

@@ -1,5 +1,5 @@
-"""`tandem train CONFIG`: PPO (or GRPO, RLOO, REINFORCE++) against a reward, with a KL penalty to the
-frozen reference, as a single-controller loop over Ray actors.
+"""`tandem ppo CONFIG` (alias `tandem train`): PPO (or GRPO, RLOO, REINFORCE++) against a reward, with
+a KL penalty to the frozen reference, as a single-controller loop over Ray actors.
 
 One step: generate (vLLM engines) -> score (reward actor, reference actor, policy's pi_old, critic
 values, all at once) -> shape rewards and advantages -> critic update -> policy update -> weight sync
