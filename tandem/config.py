@@ -59,6 +59,8 @@ class RunConfig(_Section):
     """Seed for data order, sampling and initialisation."""
     resume: bool = False
     """Continue from the latest checkpoint in the run folder instead of starting over."""
+    keep_checkpoints: int = Field(1, ge=1)
+    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted)."""
 
 
 class ModelConfig(_Section):
@@ -172,8 +174,6 @@ class TrainConfig(_Section):
     """Checkpoint every N optimizer steps (0: only at the end)."""
     log_every: int = Field(1, ge=1)
     """Metrics every N optimizer steps."""
-    keep_checkpoints: int = Field(1, ge=1)
-    """Newest resumable checkpoints kept in the run folder (older ones are deleted)."""
     num_generate_eval: int = Field(64, ge=0)
     """Held-out prompts whose generations are scored by the task's true reward at the end (0: skip)."""
 

@@ -201,3 +201,10 @@ def test_cli_ppo_job_keeps_train_as_an_alias(tmp_path):
         out = run_cli(command, str(tmp_path / "none.yaml"))
         assert out.returncode == 2 and "config file not found" in out.stderr, out.stderr
     assert "ppo (train)" in run_cli("--help").stdout
+
+
+def test_checkpoint_retention_is_one_run_key_for_every_job(tmp_path):
+    assert load_config(None, ["run.keep_checkpoints=3"]).run.keep_checkpoints == 3
+    with pytest.raises(UserError, match=r"unknown key `train.keep_checkpoints`.*"
+                                        r"did you mean `run.keep_checkpoints`"):
+        load_config(None, ["train.keep_checkpoints=3"])
