@@ -1,6 +1,7 @@
 """`tandem <command> CONFIG [key.sub=value ...]`: the entry point of every job.
 
-Commands import their recipe lazily, so `tandem config show` answers without loading torch.
+Commands import their recipe lazily, so `tandem config show` answers without loading Ray, vLLM or
+DeepSpeed (torch only when the config names an algorithm, checked against `tandem.algos`' registries).
 A `UserError` anywhere becomes one paragraph on stderr and exit code 2, with no traceback.
 """
 

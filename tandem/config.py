@@ -25,7 +25,7 @@ def _registered(registry: str) -> AfterValidator:
     valid names, so adding an algorithm there makes it a valid config value with no edit here."""
 
     def check(name: str) -> str:
-        import tandem.algos  # here, not at the top: it loads torch, which `tandem config show` avoids
+        import tandem.algos  # here, not at the top: it loads torch, paid only by configs that name an algorithm
 
         names = getattr(tandem.algos, registry).names()
         if name in names:
