@@ -1,6 +1,7 @@
 """`tandem <command> CONFIG [key.sub=value ...]`: the entry point of every job.
 
-Commands import their recipe lazily, so `tandem config show` answers without loading torch.
+Commands import their recipe lazily, so `tandem config show` answers without loading Ray, vLLM or
+DeepSpeed (torch only when the config names an algorithm, checked against `tandem.algos`' registries).
 A `UserError` anywhere becomes one paragraph on stderr and exit code 2, with no traceback.
 """
 
@@ -20,9 +21,11 @@ JOB_COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tandem.recipes.sft:main", "supervised fine-tuning on demonstrations (DeepSpeed learners on Ray)"),
     "rm": ("tandem.recipes.rm:main", "train a reward model on preference pairs (Bradley-Terry)"),
     "dpo": ("tandem.recipes.dpo:main", "direct preference optimization (DPO or IPO) from an SFT checkpoint"),
-    "train": ("tandem.recipes.ppo:main", "PPO / GRPO / RLOO / REINFORCE++ with vLLM rollouts and DeepSpeed learners"),
+    "ppo": ("tandem.recipes.ppo:main", "PPO / GRPO / RLOO / REINFORCE++ with vLLM rollouts and DeepSpeed learners"),
     "pipeline": ("tandem.recipes.pipeline:main", "SFT -> reward model -> PPO, then a held-out comparison and plots"),
 }
+# alias -> command: older names that keep working.
+JOB_ALIASES: dict[str, str] = {"train": "ppo"}
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -32,23 +35,28 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def job_entry(command: str) -> Callable[..., int | None]:
+    """The function that runs job `command` (a name of JOB_COMMANDS or an alias)."""
+    module, _, func = JOB_COMMANDS[JOB_ALIASES.get(command, command)][0].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def _run_job(args: argparse.Namespace) -> int:
     from tandem.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    module, _, func = JOB_COMMANDS[args.command][0].partition(":")
-    entry: Callable[..., int | None] = getattr(importlib.import_module(module), func)
-    return entry(cfg, args) or 0
+    return job_entry(args.command)(cfg, args) or 0
 
 
 def _submit(args: argparse.Namespace) -> int:
     from tandem.cluster.submit import submit
     from tandem.config import load_config
 
-    if args.job not in JOB_COMMANDS:
+    job = JOB_ALIASES.get(args.job, args.job)
+    if job not in JOB_COMMANDS:
         raise UserError(f"--job {args.job!r} is not a tandem job; choose from {', '.join(JOB_COMMANDS)}")
     cfg = load_config(args.config, args.overrides)
-    status = submit(cfg, args.job, args.address, follow=args.follow)
+    status = submit(cfg, job, args.address, follow=args.follow)
     return 0 if status in (None, "SUCCEEDED") else 1
 
 
@@ -72,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
 
     for name, (_, help_text) in JOB_COMMANDS.items():
-        job = sub.add_parser(name, help=help_text)
+        job = sub.add_parser(name, help=help_text, aliases=[a for a, c in JOB_ALIASES.items() if c == name])
         job.add_argument("config", help="YAML job file")
         job.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         job.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -82,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("config", help="YAML job file")
     submit.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     submit.add_argument("--address", required=True, help="the cluster's job server, http://HEAD:8265")
-    submit.add_argument("--job", default="train", help="the tandem command to run there (default: train)")
+    submit.add_argument("--job", default="ppo", help="the tandem command to run there (default: ppo)")
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     submit.set_defaults(handler=_submit)
 

@@ -11,12 +11,39 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from tandem.errors import UserError
+
+
+def _registered(registry: str) -> AfterValidator:
+    """A name that must be registered in `tandem.algos.<registry>`: the registry is the only list of
+    valid names, so adding an algorithm there makes it a valid config value with no edit here."""
+
+    def check(name: str) -> str:
+        import tandem.algos  # here, not at the top: it loads torch, paid only by configs that name an algorithm
+
+        names = getattr(tandem.algos, registry).names()
+        if name in names:
+            return name
+        guess = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        kind = getattr(tandem.algos, registry).kind
+        raise PydanticCustomError("unknown_name", "unknown {kind}; choose from {names}{hint}",
+                                  {"kind": kind, "names": ", ".join(names), "hint": hint})
+
+    return AfterValidator(check)
+
+
+AdvantageName = Annotated[str, _registered("ADV_ESTIMATORS")]
+KLEstimatorName = Annotated[str, _registered("KL_ESTIMATORS")]
+KLControllerName = Annotated[str, _registered("KL_CONTROLLERS")]
+PolicyLossName = Annotated[str, _registered("POLICY_LOSSES")]
+PreferenceLossName = Annotated[str, _registered("PREFERENCE_LOSSES")]
 
 
 class _Section(BaseModel):
@@ -32,6 +59,8 @@ class RunConfig(_Section):
     """Seed for data order, sampling and initialisation."""
     resume: bool = False
     """Continue from the latest checkpoint in the run folder instead of starting over."""
+    keep_checkpoints: int = Field(1, ge=1)
+    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted)."""
 
 
 class ModelConfig(_Section):
@@ -105,9 +134,9 @@ class LearnerConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Training precision."""
     micro_batch_size: int = Field(32, ge=1)
-    """Sequences per rank per forward/backward."""
+    """Sequences per rank per forward/backward (PPO, when unset: cut to divide a rank's share of a minibatch)."""
     global_batch_size: int = Field(64, ge=1)
-    """Sequences per optimizer step over all ranks (gradient accumulation fills the gap)."""
+    """Sequences per optimizer step over all ranks (PPO, when unset: one minibatch of the rollout batch)."""
     cpus_per_rank: float = Field(1.0, gt=0)
     """Ray CPUs of each rank."""
     gpus_per_rank: float = Field(0.0, ge=0)
@@ -145,8 +174,6 @@ class TrainConfig(_Section):
     """Checkpoint every N optimizer steps (0: only at the end)."""
     log_every: int = Field(1, ge=1)
     """Metrics every N optimizer steps."""
-    keep_checkpoints: int = Field(1, ge=1)
-    """Newest resumable checkpoints kept in the run folder (older ones are deleted)."""
     num_generate_eval: int = Field(64, ge=0)
     """Held-out prompts whose generations are scored by the task's true reward at the end (0: skip)."""
 
@@ -154,8 +181,8 @@ class TrainConfig(_Section):
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0)
     """Strength of the implicit KL constraint (Rafailov et al. 2023)."""
-    loss: Literal["dpo", "ipo"] = "dpo"
-    """Preference loss: sigmoid DPO or IPO (Azar et al. 2023)."""
+    loss: PreferenceLossName = "dpo"
+    """Preference loss, by its name in `tandem.algos` (sigmoid DPO; IPO, Azar et al. 2023; ...)."""
     pairs: Literal["task", "policy"] = "task"
     """Train on "task" pairs (built-in or train_files) or "policy" ones (2 samples of model.path, judged)."""
 
@@ -251,8 +278,8 @@ class PPOConfig(_Section):
     """Prompts sampled per iteration."""
     samples_per_prompt: int = Field(4, ge=1)
     """Responses per prompt (the group of GRPO/RLOO)."""
-    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "grpo"
-    """Advantage estimator; gae trains a critic."""
+    advantage: AdvantageName = "grpo"
+    """Advantage estimator, by its name in `tandem.algos`; one that reads values (gae) trains a critic."""
     gamma: float = Field(1.0, ge=0, le=1)
     """Discount."""
     lam: float = Field(0.95, ge=0, le=1)
@@ -265,12 +292,14 @@ class PPOConfig(_Section):
     """Passes over each rollout batch."""
     num_minibatches: int = Field(1, ge=1)
     """Optimizer steps per epoch."""
+    policy_loss: PolicyLossName = "ppo"
+    """Policy loss, by its name in `tandem.algos` (ppo: the clipped surrogate)."""
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy bonus."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator of the reward penalty (Schulman 2020)."""
-    kl_controller: Literal["fixed", "adaptive"] = "fixed"
-    """KL coefficient: fixed, or adaptive to a target (Ziegler et al. 2019)."""
+    kl_estimator: KLEstimatorName = "k1"
+    """Per-token KL estimator of the reward penalty, by its name in `tandem.algos` (Schulman 2020)."""
+    kl_controller: KLControllerName = "fixed"
+    """KL coefficient control, by its name in `tandem.algos`: fixed, or adaptive to a target (Ziegler et al. 2019)."""
     kl_coef: float = Field(0.05, ge=0)
     """(Initial) KL coefficient."""
     kl_target: float = Field(6.0, gt=0)
@@ -313,7 +342,7 @@ class Config(_Section):
     learner: LearnerConfig = LearnerConfig()
     """The trained model's learner group (SFT, RM, DPO; the PPO policy)."""
     critic: LearnerConfig = LearnerConfig()
-    """The PPO critic's learner group (advantage: gae)."""
+    """The PPO critic's learner group (when ppo.advantage reads values, as gae does)."""
     train: TrainConfig = TrainConfig()
     """Offline training loop (SFT, RM, DPO)."""
     dpo: DPOConfig = DPOConfig()
@@ -463,6 +492,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise UserError(_explain(e, origins)) from None
 
 
-def dump_config(cfg: Config) -> str:
-    """The fully resolved config as YAML (what `tandem config show` prints and run folders keep)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def dump_config(cfg: Config, only_set: bool = False) -> str:
+    """The fully resolved config as YAML (what `tandem config show` prints and run folders keep).
+
+    `only_set`: just the values the files and overrides set, so a job loaded from it tells set from
+    defaulted values as the original did (PPO derives the batch sizes the user left unset).
+    """
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=only_set), sort_keys=False)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from tandem.config import Config, dump_config, load_config
@@ -88,6 +89,38 @@ def test_batch_sizes_must_divide():
         load_config(None, ["learner.micro_batch_size=4", "learner.global_batch_size=10"])
 
 
+def test_algorithm_names_come_from_the_registries(tmp_path):
+    path = write(tmp_path, "bad.yaml", "run:\n  name: x\nppo:\n  steps: 2\n  advantage: rlooo\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert f"`ppo.advantage` = 'rlooo' ({path}, line 5): unknown advantage estimator" in msg
+    assert "choose from gae, grpo, reinforce++, rloo; did you mean 'rloo'?" in msg
+    bad = ["ppo.kl_estimator=k4", "ppo.kl_controller=pid", "ppo.policy_loss=sppo", "dpo.loss=kto"]
+    with pytest.raises(UserError) as e:
+        load_config(None, bad)
+    msg = str(e.value)
+    for key, kind, names in (("ppo.kl_estimator", "KL estimator", "k1, k2, k3"),
+                             ("ppo.kl_controller", "KL controller", "adaptive, fixed"),
+                             ("ppo.policy_loss", "policy loss", "ppo"),
+                             ("dpo.loss", "preference loss", "dpo, ipo")):
+        assert f"`{key}` = " in msg and f"(command line): unknown {kind}; choose from {names}" in msg
+    cfg = load_config(None, ["ppo.advantage=reinforce++", "ppo.kl_controller=adaptive", "dpo.loss=ipo"])
+    assert (cfg.ppo.advantage, cfg.ppo.kl_controller, cfg.dpo.loss) == ("reinforce++", "adaptive", "ipo")
+
+
+def test_default_algorithm_names_are_registered():
+    # Defaults skip validation: check them against the registries here.
+    from tandem import algos
+
+    cfg = Config()
+    assert cfg.ppo.advantage in algos.ADV_ESTIMATORS.names()
+    assert cfg.ppo.kl_estimator in algos.KL_ESTIMATORS.names()
+    assert cfg.ppo.kl_controller in algos.KL_CONTROLLERS.names()
+    assert cfg.ppo.policy_loss == "ppo" and cfg.ppo.policy_loss in algos.POLICY_LOSSES.names()
+    assert cfg.dpo.loss in algos.PREFERENCE_LOSSES.names()
+
+
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
@@ -111,6 +144,15 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(None, ["ppo.steps=3", "learner.zero_stage=2"])
     again = load_config(write(tmp_path, "dump.yaml", dump_config(cfg)))
     assert again == cfg
+
+
+def test_dump_of_set_values_keeps_what_was_set(tmp_path):
+    write(tmp_path, "base.yaml", "learner:\n  micro_batch_size: 8\n")
+    cfg = load_config(write(tmp_path, "job.yaml", "base: base.yaml\nppo:\n  steps: 3\n"), ["run.name=x"])
+    text = dump_config(cfg, only_set=True)
+    assert yaml.safe_load(text) == {"run": {"name": "x"}, "learner": {"micro_batch_size": 8}, "ppo": {"steps": 3}}
+    again = load_config(write(tmp_path, "dump.yaml", text))
+    assert again == cfg and again.learner.model_fields_set == {"micro_batch_size"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -148,3 +190,21 @@ def test_cli_user_error_exit_2_without_traceback(tmp_path):
     assert "unknown key `ppo.stepz`" in out.stderr and "did you mean `ppo.steps`" in out.stderr
     missing = run_cli("config", "show", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_cli_ppo_job_keeps_train_as_an_alias(tmp_path):
+    from tandem.cli import job_entry
+    from tandem.recipes import ppo
+
+    assert job_entry("ppo") is job_entry("train") is ppo.main
+    for command in ("ppo", "train"):  # both parse as a job; the missing file is the only complaint
+        out = run_cli(command, str(tmp_path / "none.yaml"))
+        assert out.returncode == 2 and "config file not found" in out.stderr, out.stderr
+    assert "ppo (train)" in run_cli("--help").stdout
+
+
+def test_checkpoint_retention_is_one_run_key_for_every_job(tmp_path):
+    assert load_config(None, ["run.keep_checkpoints=3"]).run.keep_checkpoints == 3
+    with pytest.raises(UserError, match=r"unknown key `train.keep_checkpoints`.*"
+                                        r"did you mean `run.keep_checkpoints`"):
+        load_config(None, ["train.keep_checkpoints=3"])

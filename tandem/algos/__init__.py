@@ -3,7 +3,9 @@
 Nothing here imports Ray, DeepSpeed, vLLM, transformers or config objects: every function takes
 tensors and plain numbers and returns tensors (and, for losses, a dict of float metrics).
 Algorithms are chosen by name through the registries (``get_adv_est``, ``get_kl_estimator``,
-``get_policy_loss``, ``make_kl_controller``).
+``get_policy_loss``, ``get_preference_loss``, ``make_kl_controller``); the registries themselves
+(``ADV_ESTIMATORS``, ``KL_ESTIMATORS``, ``KL_CONTROLLERS``, ``POLICY_LOSSES``, ``PREFERENCE_LOSSES``)
+hold the only list of valid names.
 """
 
 from tandem.algos.advantages import (
@@ -23,6 +25,7 @@ from tandem.algos.core import (
 )
 from tandem.algos.kl import kl_estimate, kl_k1, kl_k2, kl_k3, shape_rewards
 from tandem.algos.kl_control import (
+    KL_CONTROLLERS,
     AdaptiveKLController,
     FixedKLController,
     KLController,
@@ -30,25 +33,38 @@ from tandem.algos.kl_control import (
 )
 from tandem.algos.losses import bradley_terry_loss, dpo_loss, policy_loss, value_loss
 from tandem.algos.registry import (
+    ADV_ESTIMATORS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    PREFERENCE_LOSSES,
     AdvantageEstimator,
     KLEstimator,
     PolicyLoss,
+    PreferenceLoss,
     Registry,
     get_adv_est,
     get_kl_estimator,
     get_policy_loss,
+    get_preference_loss,
     register_adv_est,
     register_kl_estimator,
     register_policy_loss,
+    register_preference_loss,
 )
 
 __all__ = [
+    "ADV_ESTIMATORS",
+    "KL_CONTROLLERS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "PREFERENCE_LOSSES",
     "AdaptiveKLController",
     "AdvantageEstimator",
     "FixedKLController",
     "KLController",
     "KLEstimator",
     "PolicyLoss",
+    "PreferenceLoss",
     "Registry",
     "bradley_terry_loss",
     "compute_gae",
@@ -59,6 +75,7 @@ __all__ = [
     "get_adv_est",
     "get_kl_estimator",
     "get_policy_loss",
+    "get_preference_loss",
     "group_advantages",
     "kl_estimate",
     "kl_k1",
@@ -74,6 +91,7 @@ __all__ = [
     "register_adv_est",
     "register_kl_estimator",
     "register_policy_loss",
+    "register_preference_loss",
     "reinforce_pp_returns",
     "shape_rewards",
     "value_loss",

@@ -113,11 +113,10 @@ def group_advantages(scores: Tensor, group_size: int, kind: str) -> Tensor:
     return baseline(scores.reshape(-1, group_size)).reshape(num)
 
 
-@register_adv_est("gae")
+@register_adv_est("gae", needs_critic=True)
 def _gae_estimator(
     *,
     token_rewards: Tensor,
-    scores: Tensor,
     values: Tensor | None,
     mask: Tensor,
     group_size: int,
@@ -136,7 +135,6 @@ def _outcome_group_estimator(kind: str) -> Callable[..., tuple[Tensor, Tensor]]:
     def estimate(
         *,
         token_rewards: Tensor,
-        scores: Tensor,
         values: Tensor | None,
         mask: Tensor,
         group_size: int,
@@ -160,7 +158,6 @@ register_adv_est("rloo")(_outcome_group_estimator("rloo"))
 def _reinforce_pp_estimator(
     *,
     token_rewards: Tensor,
-    scores: Tensor,
     values: Tensor | None,
     mask: Tensor,
     group_size: int,

@@ -2,7 +2,8 @@
 from Human Preferences", sec. 2.2), checkpointable through ``state_dict``/``load_state_dict``.
 
 A controller's state is only its current coefficient; target and horizon come from the config,
-so a resumed run follows the config it was resumed with.
+so a resumed run follows the config it was resumed with. Every controller is built with the same
+arguments (``kl_coef``, ``target``, ``horizon``), so the caller never picks them by name.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ ERROR_CLIP = 0.2
 
 
 class KLController(Protocol):
-    """The interface the driver uses: read ``value``, ``update`` once per rollout batch."""
+    """The interface the driver uses: read ``value``, ``update`` once per rollout batch.
+
+    Constructed as ``cls(kl_coef, target=..., horizon=...)``: the initial coefficient, the target KL
+    per sequence and the horizon in samples; a controller that does not adapt ignores the last two.
+    """
 
     value: float
+
+    def __init__(self, kl_coef: float, *, target: float, horizon: int) -> None: ...
 
     def update(self, current_kl: float, n_steps: int) -> None: ...
 
@@ -33,9 +40,9 @@ KL_CONTROLLERS: Registry[type[KLController]] = Registry("KL controller")
 
 @KL_CONTROLLERS.register("fixed")
 class FixedKLController:
-    """A constant KL coefficient; ``update`` does nothing."""
+    """A constant KL coefficient; ``update`` does nothing (``target`` and ``horizon`` are unused)."""
 
-    def __init__(self, kl_coef: float) -> None:
+    def __init__(self, kl_coef: float, *, target: float, horizon: int) -> None:
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
@@ -59,10 +66,10 @@ class AdaptiveKLController:
     change is per sample rather than per update.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+    def __init__(self, kl_coef: float, *, target: float, horizon: int) -> None:
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be positive, got target={target}, horizon={horizon}")
-        self.value = float(init_kl_coef)
+        self.value = float(kl_coef)
         self.target = float(target)
         self.horizon = horizon
 
@@ -80,9 +87,10 @@ class AdaptiveKLController:
         self.value = float(state["value"])
 
 
-def make_kl_controller(kind: str, **kwargs: Any) -> KLController:
-    """Build the KL controller called ``kind`` ("fixed" or "adaptive") from its keyword arguments.
+def make_kl_controller(kind: str, kl_coef: float, target: float, horizon: int) -> KLController:
+    """Build the KL controller called ``kind`` with initial coefficient ``kl_coef``, target KL per
+    sequence ``target`` and ``horizon`` in samples (see ``KLController``).
 
     KeyError listing the valid names for an unknown ``kind``.
     """
-    return KL_CONTROLLERS.get(kind)(**kwargs)
+    return KL_CONTROLLERS.get(kind)(kl_coef, target=target, horizon=horizon)

@@ -6,14 +6,12 @@ Token-level losses are token means over every masked-in token of the batch (``ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tandem.algos.core import masked_mean
-from tandem.algos.registry import Registry, register_policy_loss
+from tandem.algos.registry import get_preference_loss, register_policy_loss, register_preference_loss
 
 
 @register_policy_loss("ppo")
@@ -85,17 +83,14 @@ def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> tuple[
     return loss, metrics
 
 
+@register_preference_loss("dpo")
 def _dpo_per_pair(h: Tensor, beta: float) -> Tensor:
     return -F.logsigmoid(beta * h)
 
 
+@register_preference_loss("ipo")
 def _ipo_per_pair(h: Tensor, beta: float) -> Tensor:
     return (h - 1.0 / (2.0 * beta)) ** 2
-
-
-_PREFERENCE_LOSSES: Registry[Callable[[Tensor, float], Tensor]] = Registry("preference loss")
-_PREFERENCE_LOSSES.register("dpo")(_dpo_per_pair)
-_PREFERENCE_LOSSES.register("ipo")(_ipo_per_pair)
 
 
 def dpo_loss(
@@ -118,7 +113,7 @@ def dpo_loss(
     "rewards/rejected" (means), "margins" (mean chosen - rejected) and "accuracy" (fraction with
     chosen > rejected). KeyError listing the valid kinds for an unknown ``kind``.
     """
-    per_pair = _PREFERENCE_LOSSES.get(kind)
+    per_pair = get_preference_loss(kind)
     chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
     rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
     loss = per_pair(chosen_log_ratio - rejected_log_ratio, beta).mean()

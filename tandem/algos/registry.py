@@ -1,7 +1,8 @@
 """Name -> function registries, so callers choose an algorithm by its config name, not by if/elif.
 
 The registries start empty here; the modules that define the algorithms (``advantages``, ``kl``,
-``losses``, ``kl_control``) fill them at import, and ``tandem.algos`` imports all of them.
+``losses``, ``kl_control``) fill them at import, and ``tandem.algos`` imports all of them. A registry
+is the only place that knows its names: the config validates its choices against ``names()``.
 """
 
 from __future__ import annotations
@@ -48,15 +49,17 @@ class AdvantageEstimator(Protocol):
     """The one signature every advantage estimator is called with.
 
     Each estimator reads the arguments it needs and ignores the rest, so the driver can call any
-    of them the same way. Shapes: ``token_rewards``, ``values``, ``mask`` (B, T); ``scores`` (B,).
+    of them the same way. Shapes: ``token_rewards``, ``values``, ``mask`` (B, T).
     Returns ``(advantages, returns)``, both (B, T) and 0 where ``mask`` is 0.
+    ``needs_critic``: the estimator reads ``values``, so the job must train a critic to supply them.
     """
+
+    needs_critic: bool
 
     def __call__(
         self,
         *,
         token_rewards: Tensor,
-        scores: Tensor,
         values: Tensor | None,
         mask: Tensor,
         group_size: int,
@@ -79,18 +82,34 @@ class PolicyLoss(Protocol):
     ) -> tuple[Tensor, dict[str, float]]: ...
 
 
+class PreferenceLoss(Protocol):
+    """An offline preference loss per pair, on ``h`` (N,), the chosen minus the rejected log-ratio
+    of policy to reference; returns (N,)."""
+
+    def __call__(self, h: Tensor, beta: float) -> Tensor: ...
+
+
 ADV_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+PREFERENCE_LOSSES: Registry[PreferenceLoss] = Registry("preference loss")
 
 
-def register_adv_est(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Register an advantage estimator under ``name`` (see ``AdvantageEstimator``)."""
-    return ADV_ESTIMATORS.register(name)
+def register_adv_est(
+    name: str, *, needs_critic: bool = False
+) -> Callable[[Callable[..., tuple[Tensor, Tensor]]], AdvantageEstimator]:
+    """Register an advantage estimator under ``name`` (see ``AdvantageEstimator``); ``needs_critic``
+    marks one that reads critic values."""
+
+    def decorate(fn: Callable[..., tuple[Tensor, Tensor]]) -> AdvantageEstimator:
+        fn.needs_critic = needs_critic  # type: ignore[attr-defined]
+        return ADV_ESTIMATORS.register(name)(fn)  # type: ignore[arg-type]
+
+    return decorate
 
 
 def get_adv_est(name: str) -> AdvantageEstimator:
-    """The advantage estimator called ``name``: "gae", "grpo", "rloo" or "reinforce++"."""
+    """The advantage estimator called ``name``; KeyError listing the valid names otherwise."""
     return ADV_ESTIMATORS.get(name)
 
 
@@ -100,7 +119,7 @@ def register_kl_estimator(name: str) -> Callable[[KLEstimator], KLEstimator]:
 
 
 def get_kl_estimator(name: str) -> KLEstimator:
-    """The KL estimator called ``name``: "k1", "k2" or "k3"."""
+    """The KL estimator called ``name``; KeyError listing the valid names otherwise."""
     return KL_ESTIMATORS.get(name)
 
 
@@ -110,5 +129,15 @@ def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
 
 
 def get_policy_loss(name: str) -> PolicyLoss:
-    """The policy loss called ``name``: "ppo"."""
+    """The policy loss called ``name``; KeyError listing the valid names otherwise."""
     return POLICY_LOSSES.get(name)
+
+
+def register_preference_loss(name: str) -> Callable[[PreferenceLoss], PreferenceLoss]:
+    """Register a per-pair preference loss under ``name`` (see ``PreferenceLoss``)."""
+    return PREFERENCE_LOSSES.register(name)
+
+
+def get_preference_loss(name: str) -> PreferenceLoss:
+    """The per-pair preference loss called ``name``; KeyError listing the valid names otherwise."""
+    return PREFERENCE_LOSSES.get(name)

@@ -1,6 +1,6 @@
 """`tandem submit`: run a tandem job on a Ray cluster through Ray Jobs.
 
-The fully resolved config travels as the job's working directory (one file), and the `tandem`
+The config's set values travel as the job's working directory (one file), and the `tandem`
 package as a py_module, so the cluster needs the stack installed but not this checkout. The job's
 driver attaches to the cluster through the RAY_ADDRESS that Ray Jobs sets.
 """
@@ -32,7 +32,7 @@ def submit(cfg: Config, command: str, address: str, follow: bool = False) -> str
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot reach the Ray job server at {address}: {e}") from None
     with tempfile.TemporaryDirectory(prefix="tandem-job-") as staging:
-        (Path(staging) / JOB_CONFIG).write_text(dump_config(cfg))
+        (Path(staging) / JOB_CONFIG).write_text(dump_config(cfg, only_set=True))
         job_id = _submit_when_ready(
             client,
             entrypoint=f"python -m tandem.cli {shlex.quote(command)} {JOB_CONFIG}",

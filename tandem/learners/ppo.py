@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tandem.algos import entropy_from_logits, logprobs_from_logits, masked_mean, policy_loss, value_loss
+from tandem.algos import entropy_from_logits, get_policy_loss, logprobs_from_logits, masked_mean, value_loss
 from tandem.learners.base import DeepSpeedLearner
 from tandem.learners.batching import TokenBatch, next_token_targets, sft_batch
 
@@ -64,10 +64,13 @@ class _RolloutLearner(DeepSpeedLearner):
 
 
 class PolicyLearner(_RolloutLearner):
-    """The PPO actor: clipped surrogate (Schulman et al. 2017, eq. 7) with an optional entropy bonus."""
+    """The PPO actor: the policy loss registered as `policy_loss` in `tandem.algos` (PPO's clipped
+    surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus."""
 
-    def __init__(self, *args, clip_eps: float = 0.2, entropy_coef: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, policy_loss: str = "ppo", clip_eps: float = 0.2, entropy_coef: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.policy_loss = get_policy_loss(policy_loss)
         self.clip_eps, self.entropy_coef = clip_eps, entropy_coef
 
     def build_model(self) -> torch.nn.Module:
@@ -87,13 +90,13 @@ class PolicyLearner(_RolloutLearner):
         logprobs = logprobs_from_logits(logits, labels)  # (B, T-1)
         old = scatter_tokens(examples, "old_logprobs", mask)
         advantages = scatter_tokens(examples, "advantages", mask)
-        loss, metrics = policy_loss(logprobs, old, advantages, mask, self.clip_eps)
+        pg_loss, metrics = self.policy_loss(logprobs, old, advantages, mask, self.clip_eps)
         entropy = masked_mean(entropy_from_logits(logits if self.entropy_coef else logits.detach()), mask)
-        if self.entropy_coef:
-            loss = loss - self.entropy_coef * entropy
+        loss = pg_loss - self.entropy_coef * entropy if self.entropy_coef else pg_loss
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
         metrics["actor/entropy"] = float(entropy)
-        metrics["actor/pg_loss"] = loss.item()
+        # The surrogate alone; the learner reports the total (with the entropy bonus) as "actor/loss".
+        metrics["actor/pg_loss"] = pg_loss.item()
         return loss, int(mask.sum()), metrics
 
 

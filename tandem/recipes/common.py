@@ -69,7 +69,7 @@ def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
     """Create (or reopen, when resuming) the run folder. Resuming: `run.resume: true` or
     `--resume RUN_DIR` (which also names the folder); with no checkpoint there, it starts over."""
     run_dir = Path(resume_dir) if resume_dir else Path(cfg.run.output_dir) / cfg.run.name
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.run.keep_checkpoints)
     resuming = bool(resume_dir) or cfg.run.resume
     latest = checkpoints.latest() if resuming else None
     if resume_dir and not run_dir.is_dir():

@@ -1,5 +1,5 @@
-"""`tandem train CONFIG`: PPO (or GRPO, RLOO, REINFORCE++) against a reward, with a KL penalty to the
-frozen reference, as a single-controller loop over Ray actors.
+"""`tandem ppo CONFIG` (alias `tandem train`): PPO (or GRPO, RLOO, REINFORCE++) against a reward, with
+a KL penalty to the frozen reference, as a single-controller loop over Ray actors.
 
 One step: generate (vLLM engines) -> score (reward actor, reference actor, policy's pi_old, critic
 values, all at once) -> shape rewards and advantages -> critic update -> policy update -> weight sync
@@ -18,7 +18,7 @@ from tandem.config import Config
 from tandem.errors import UserError
 from tandem.recipes import common
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
-from tandem.recipes.ppo_roles import Roles, ppo_learner_config
+from tandem.recipes.ppo_roles import Roles, needs_critic, ppo_learner_config
 
 
 @contextmanager
@@ -33,7 +33,7 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
     from tqdm.auto import tqdm
 
     p = cfg.ppo
-    kl_ctl = make_kl_controller(p.kl_controller, **_kl_args(cfg))
+    kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, target=p.kl_target, horizon=p.kl_horizon)
     order = common.BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
                               max_steps=p.steps, seed=cfg.run.seed)
     if run.resume_from is not None:
@@ -80,13 +80,6 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
     return step
 
 
-def _kl_args(cfg: Config) -> dict[str, Any]:
-    p = cfg.ppo
-    if p.kl_controller == "fixed":
-        return {"kl_coef": p.kl_coef}
-    return {"init_kl_coef": p.kl_coef, "target": p.kl_target, "horizon": p.kl_horizon}
-
-
 def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
     tokens = float(batch.lengths().sum())
     train_s = t["timing/policy_update"] + t.get("timing/critic_update", 0.0)
@@ -111,8 +104,8 @@ def load_prompts(cfg: Config) -> list[str | list[dict]]:
 def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None,
         rm_path: str | None = None) -> dict[str, Any]:
     """The whole PPO job; returns its summary (also `<run_dir>/summary.json`)."""
-    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, cfg.learner),
-                                 "critic": ppo_learner_config(cfg, cfg.critic)})
+    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, "learner"),
+                                 **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {})})
     prompts = load_prompts(cfg)
     run = common.start_run(cfg, "ppo", resume_dir)
     with Roles(cfg, rm_path) as roles:

@@ -93,7 +93,7 @@ def compute_advantages(batch: RolloutBatch, *, estimator: str, kl_estimator: str
     kl = get_kl_estimator(kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
     batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef)
     batch.advantages, batch.returns = get_adv_est(estimator)(
-        token_rewards=batch.token_rewards, scores=batch.scores, values=batch.values, mask=batch.mask,
+        token_rewards=batch.token_rewards, values=batch.values, mask=batch.mask,
         group_size=group_size, gamma=gamma, lam=lam,
     )
     seq_kl = kl.sum(-1)  # (B,) KL of each response to the reference

@@ -1,8 +1,9 @@
 """The PPO job's roles as Ray actors, and the few coarse calls the driver makes on them.
 
 Roles: rollout engines (vLLM), the reward actor, the reference actor, the policy learner group
-(DeepSpeed ZeRO) and, for GAE, the critic learner group. Each role's CPUs/GPUs and custom resources
-come from its config section, so the same config places roles on one machine or across nodes.
+(DeepSpeed ZeRO) and, when the advantage estimator reads values (GAE), the critic learner group.
+Each role's CPUs/GPUs and custom resources come from its config section, so the same config places
+roles on one machine or across nodes.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import torch
 
+from tandem.algos import ADV_ESTIMATORS, get_adv_est
 from tandem.cluster.groups import ActorGroup
 from tandem.config import Config, LearnerConfig
 from tandem.errors import UserError
@@ -24,9 +26,14 @@ from tandem.recipes.ppo_batch import RolloutBatch, pad_right
 TRAIN_KEYS = {"policy": ("old_logprobs", "advantages"), "critic": ("values", "returns")}
 
 
-def ppo_learner_config(cfg: Config, learner: LearnerConfig) -> LearnerConfig:
-    """The learner's batch sizes for PPO: one optimizer step per minibatch of the rollout batch."""
-    p = cfg.ppo
+def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> LearnerConfig:
+    """The policy's (`learner`) or critic's (`critic`) section with PPO's batch sizes: one optimizer
+    step per minibatch of the rollout batch.
+
+    A size the user left unset is derived (global: the minibatch; micro: the default, cut to divide a
+    rank's share); one the user set is kept, and a contradiction is a UserError naming both keys.
+    """
+    p, learner = cfg.ppo, getattr(cfg, section)
     rollout_batch = p.prompts_per_step * p.samples_per_prompt
     if rollout_batch % p.num_minibatches:
         raise UserError(f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
@@ -35,8 +42,26 @@ def ppo_learner_config(cfg: Config, learner: LearnerConfig) -> LearnerConfig:
     if minibatch % learner.world_size:
         raise UserError(f"a PPO minibatch of {minibatch} sequences does not split over "
                         f"world_size {learner.world_size} learner ranks")
-    micro = math.gcd(learner.micro_batch_size, minibatch // learner.world_size)
+    per_rank = minibatch // learner.world_size
+    minibatch_keys = (f"ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches = "
+                      f"{p.prompts_per_step} x {p.samples_per_prompt} / {p.num_minibatches}")
+    given = learner.model_fields_set
+    if "global_batch_size" in given and learner.global_batch_size != minibatch:
+        raise UserError(f"{section}.global_batch_size {learner.global_batch_size} contradicts PPO's optimizer "
+                        f"step of one minibatch, {minibatch} sequences ({minibatch_keys}); leave "
+                        f"{section}.global_batch_size unset to have it derived, or change ppo.num_minibatches")
+    if "micro_batch_size" in given and per_rank % learner.micro_batch_size:
+        raise UserError(f"{section}.micro_batch_size {learner.micro_batch_size} does not divide a rank's share "
+                        f"of a PPO minibatch, {per_rank} sequences ({minibatch_keys}, over {section}.world_size "
+                        f"{learner.world_size}); set it to a divisor of {per_rank}, or leave it unset to have "
+                        f"it derived")
+    micro = learner.micro_batch_size if "micro_batch_size" in given else math.gcd(learner.micro_batch_size, per_rank)
     return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
+
+
+def needs_critic(cfg: Config) -> bool:
+    """Whether the job trains a critic: its advantage estimator reads values."""
+    return get_adv_est(cfg.ppo.advantage).needs_critic
 
 
 class Roles:
@@ -55,10 +80,10 @@ class Roles:
     @staticmethod
     def cpus_needed(cfg: Config) -> int:
         """Logical CPUs a local Ray needs to place every role."""
-        r, p = cfg.rollout, cfg.ppo
+        r = cfg.rollout
         total = r.num_engines * r.cpus_per_engine + cfg.reward.cpus + cfg.reference.cpus
         total += cfg.learner.world_size * cfg.learner.cpus_per_rank
-        if p.advantage == "gae":
+        if needs_critic(cfg):
             total += cfg.critic.world_size * cfg.critic.cpus_per_rank
         return math.ceil(total)
 
@@ -81,9 +106,9 @@ class Roles:
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._colocated_placement()
         self.policy = self._learners("policy", PolicyLearner, cfg.learner, path, total_steps, shared,
-                                     clip_eps=p.clip_eps, entropy_coef=p.entropy_coef)
+                                     policy_loss=p.policy_loss, clip_eps=p.clip_eps, entropy_coef=p.entropy_coef)
         self.critic = None
-        if p.advantage == "gae":
+        if needs_critic(cfg):
             self.critic = self._learners("critic", CriticLearner, cfg.critic, path, total_steps,
                                          shared if "critic" in p.colocate else None, value_clip_eps=p.value_clip_eps)
         self.rollout = RolloutGroup(cfg)
@@ -111,9 +136,11 @@ class Roles:
             return None
         lc, cpus, gpus = cfg.learner, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank
         if "critic" in co:
-            if cfg.ppo.advantage != "gae" or cfg.critic.world_size != lc.world_size:
+            if not needs_critic(cfg) or cfg.critic.world_size != lc.world_size:
+                with_critic = " or ".join(n for n in ADV_ESTIMATORS.names() if get_adv_est(n).needs_critic)
                 raise UserError("ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
-                                f"ppo.advantage gae and critic.world_size = learner.world_size ({lc.world_size}); "
+                                f"a ppo.advantage that trains a critic ({with_critic}) and "
+                                f"critic.world_size = learner.world_size ({lc.world_size}); "
                                 f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}")
             cpus, gpus = cpus + cfg.critic.cpus_per_rank, gpus + cfg.critic.gpus_per_rank
         singles = [section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co]

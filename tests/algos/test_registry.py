@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from tandem.algos import (
+    ADV_ESTIMATORS,
     Registry,
     compute_gae,
     get_adv_est,
     get_kl_estimator,
     get_policy_loss,
+    get_preference_loss,
     kl_k3,
     policy_loss,
     reinforce_pp_returns,
@@ -27,7 +29,6 @@ def _batch() -> dict:
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
     return {
         "token_rewards": token_rewards,
-        "scores": torch.tensor([1.0, 3.0, 2.0, 0.5], dtype=F64),
         "values": torch.full((4, 3), 0.5, dtype=F64),
         "mask": mask,
         "group_size": 2,
@@ -92,6 +93,15 @@ def test_unknown_names_list_valid_ones() -> None:
         get_kl_estimator("k9")
     with pytest.raises(KeyError, match="'ppo'"):
         get_policy_loss("sppo")
+    with pytest.raises(KeyError, match=r"preference loss 'kto'; valid names: \['dpo', 'ipo'\]"):
+        get_preference_loss("kto")
+
+
+def test_gae_needs_a_critic_and_the_critic_free_ones_do_not() -> None:
+    # The PPO roles start a critic exactly when the estimator reads values.
+    assert get_adv_est("gae").needs_critic is True
+    assert [get_adv_est(name).needs_critic for name in ("grpo", "rloo", "reinforce++")] == [False] * 3
+    assert all(isinstance(get_adv_est(name).needs_critic, bool) for name in ADV_ESTIMATORS.names())
 
 
 def test_lookups_return_the_registered_functions() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from tandem.config import load_config
 from tandem.errors import UserError
 from tandem.recipes import ppo
-from tandem.recipes.ppo_roles import Roles
+from tandem.recipes.ppo_roles import Roles, ppo_learner_config
 from tandem.tracking import read_metrics
 
 TOY = [
@@ -28,6 +29,7 @@ TOY = [
     "rollout.kv_cache_mb=32", "rollout.max_num_seqs=32", "reward.cpus=0.5", "reference.cpus=0.5",
     "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
 ]
+REPO = Path(__file__).resolve().parents[2]
 #: Per-step metrics a resumed run must reproduce.
 RESUME_KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean",
                "rollout/logprob_mismatch", "actor/grad_norm", "advantage/abs_mean")
@@ -200,3 +202,33 @@ def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):
         cfg = _cfg(tmp_path, "bad", "ppo.colocate=[critic]", *bad)
         with pytest.raises(UserError, match=r"ppo.colocate: .*critic.world_size = learner.world_size \(1\)"):
             Roles(cfg)
+
+
+def test_batch_sizes_unset_are_derived_and_set_ones_kept(tmp_path):
+    # TOY: 8 prompts x 4 samples / 2 minibatches = 16 sequences per optimizer step.
+    derived = ppo_learner_config(_cfg(tmp_path, "b"), "learner")
+    assert (derived.global_batch_size, derived.micro_batch_size) == (16, 16)  # micro: gcd(default 32, 16)
+    two_ranks = ppo_learner_config(_cfg(tmp_path, "b", "learner.world_size=2"), "learner")
+    assert (two_ranks.global_batch_size, two_ranks.micro_batch_size) == (16, 8)
+    kept = ppo_learner_config(_cfg(tmp_path, "b", "learner.global_batch_size=16", "learner.micro_batch_size=4"),
+                              "learner")
+    assert (kept.global_batch_size, kept.micro_batch_size) == (16, 4)
+    # The shipped PPO jobs mean what they meant when the sizes were rewritten unconditionally.
+    for name, sizes in (("ppo.yaml", (64, 64)), ("demo.yaml", (64, 64)), ("ppo-qwen2.5-1.5b-zero3.yaml", (128, 8))):
+        learner = ppo_learner_config(load_config(REPO / "configs" / name), "learner")
+        assert (learner.global_batch_size, learner.micro_batch_size) == sizes, name
+
+
+def test_batch_sizes_set_against_ppo_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"learner.global_batch_size 64 contradicts .* 16 sequences "
+                                        r"\(ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches"):
+        ppo_learner_config(_cfg(tmp_path, "b", "learner.global_batch_size=64"), "learner")
+    # Set in a base file counts as set.
+    (tmp_path / "base.yaml").write_text("critic:\n  global_batch_size: 32\n")
+    (tmp_path / "job.yaml").write_text("base: base.yaml\nppo:\n  advantage: gae\n")
+    cfg = load_config(tmp_path / "job.yaml", TOY)
+    with pytest.raises(UserError, match=r"critic.global_batch_size 32 contradicts .*ppo.num_minibatches"):
+        ppo_learner_config(cfg, "critic")
+    with pytest.raises(UserError, match=r"learner.micro_batch_size 32 does not divide .* 16 sequences "
+                                        r".*ppo.num_minibatches.*learner.world_size 1"):
+        ppo_learner_config(_cfg(tmp_path, "b", "learner.micro_batch_size=32"), "learner")
