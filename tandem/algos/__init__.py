@@ -17,6 +17,7 @@ from tandem.algos.advantages import (
 from tandem.algos.core import (
     entropy_from_logits,
     explained_variance,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -81,6 +82,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "logprobs_and_entropy",
     "logprobs_from_logits",
     "make_kl_controller",
     "masked_mean",

@@ -93,7 +93,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 def _entropy(logits: Tensor) -> Tensor:
     logits = logits - logits.amax(dim=-1, keepdim=True).detach()
     probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+    # A -inf logit (a masked token) has probability 0 and adds nothing, not 0 * -inf = nan.
+    return torch.logsumexp(logits, dim=-1) - torch.where(probs == 0, 0.0, probs * logits).sum(-1)
 
 
 def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
@@ -111,3 +112,28 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
         for row, row_labels in zip(logits, labels, strict=True)
     ]
     return torch.stack(rows)
+
+
+def logprobs_and_entropy(logits: Tensor, labels: Tensor, entropy_grad: bool = True) -> tuple[Tensor, Tensor]:
+    """``(logprobs_from_logits(logits, labels), entropy_from_logits(logits))`` in one pass per sequence.
+
+    A learner needs both from the same logits. For half-precision logits each full-vocabulary pass
+    costs about as much GPU time as the matmuls of a layer at a 151k vocabulary, so each sequence is
+    upcast once and its entropy, ``-sum_v p_v log p_v``, reuses the log-softmax that its logprobs take.
+    Float32/64 logits go through the two functions above unchanged (no (B, T, V) copy is made there).
+    With ``entropy_grad=False`` (the entropy only a metric) the entropy carries no graph.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        return logprobs_from_logits(logits, labels), entropy_from_logits(logits if entropy_grad else logits.detach())
+    pairs = [_row_logprobs_and_entropy(row.float(), row_labels, entropy_grad)
+             for row, row_labels in zip(logits, labels, strict=True)]
+    return torch.stack([lp for lp, _ in pairs]), torch.stack([h for _, h in pairs])
+
+
+def _row_logprobs_and_entropy(logits: Tensor, labels: Tensor, entropy_grad: bool) -> tuple[Tensor, Tensor]:
+    logp = logits.log_softmax(-1)
+    logprobs = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    source = logp if entropy_grad else logp.detach()
+    # exp(log p) * log p is 0 * -inf = nan where a logit is -inf (a masked token): it adds nothing.
+    entropy = -torch.where(source.isneginf(), 0.0, source.exp() * source).sum(-1)
+    return logprobs, entropy

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tandem.algos import entropy_from_logits, get_policy_loss, logprobs_from_logits, masked_mean, value_loss
+from tandem.algos import get_policy_loss, logprobs_and_entropy, logprobs_from_logits, masked_mean, value_loss
 from tandem.learners.base import DeepSpeedLearner
 from tandem.learners.batching import TokenBatch, next_token_targets, sft_batch
 
@@ -87,11 +87,12 @@ class PolicyLearner(_RolloutLearner):
         tokens, examples = batch
         labels, mask = next_token_targets(tokens)
         logits = self._forward(tokens)[:, :-1]  # (B, T-1, V)
-        logprobs = logprobs_from_logits(logits, labels)  # (B, T-1)
+        # (B, T-1) each; the entropy is a metric unless it is a bonus in the loss.
+        logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
         old = scatter_tokens(examples, "old_logprobs", mask)
         advantages = scatter_tokens(examples, "advantages", mask)
         pg_loss, metrics = self.policy_loss(logprobs, old, advantages, mask, self.clip_eps)
-        entropy = masked_mean(entropy_from_logits(logits if self.entropy_coef else logits.detach()), mask)
+        entropy = masked_mean(entropies, mask)
         loss = pg_loss - self.entropy_coef * entropy if self.entropy_coef else pg_loss
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
         metrics["actor/entropy"] = float(entropy)

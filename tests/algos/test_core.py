@@ -11,6 +11,7 @@ import torch
 from tandem.algos import (
     entropy_from_logits,
     explained_variance,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -117,6 +118,29 @@ def test_entropy_of_half_precision_rows_matches_float32(gen: torch.Generator) ->
     torch.testing.assert_close(entropy, entropy_from_logits(logits.detach().float()))
     entropy.sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("entropy_grad", [True, False])
+def test_logprobs_and_entropy_of_half_precision_share_one_pass(gen: torch.Generator, entropy_grad: bool) -> None:
+    """bf16 logits: the same logprobs as logprobs_from_logits (the same ops), the same entropies as
+    entropy_from_logits up to float32 rounding, gradients through the entropy only when asked."""
+    logits = (torch.randn(3, 4, 7, generator=gen) * 3).bfloat16().requires_grad_()
+    labels = torch.randint(0, 7, (3, 4), generator=gen)
+    logprobs, entropy = logprobs_and_entropy(logits, labels, entropy_grad=entropy_grad)
+    assert torch.equal(logprobs, logprobs_from_logits(logits, labels))
+    torch.testing.assert_close(entropy, entropy_from_logits(logits.detach().float()))
+    assert logprobs.requires_grad and entropy.requires_grad == entropy_grad
+
+
+def test_logprobs_and_entropy_of_float32_are_the_two_functions(gen: torch.Generator) -> None:
+    logits = torch.randn(2, 3, 5, generator=gen)
+    logits[0, 0, 1] = -math.inf  # a masked token: no nan
+    labels = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    logprobs, entropy = logprobs_and_entropy(logits, labels)
+    assert torch.equal(logprobs, logprobs_from_logits(logits, labels))
+    assert torch.equal(entropy, entropy_from_logits(logits)) and torch.isfinite(entropy).all()
+    _, half_entropy = logprobs_and_entropy(logits.bfloat16(), labels)
+    assert torch.isfinite(half_entropy).all()
 
 
 def test_logprobs_by_hand() -> None:
