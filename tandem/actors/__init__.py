@@ -5,7 +5,6 @@
     reward       `RewardScorer`: reward models, Python functions and HTTP endpoints, summed
     http_reward  the remote reward protocol's client (`tandem serve-reward` is its server)
     reference    the frozen reference policy's per-token logprobs
-    batching     padding and per-token response logprobs shared with the learners
 
 Modules are imported directly (`from tandem.actors.rollout import RolloutGroup`): importing this
 package loads nothing heavy.

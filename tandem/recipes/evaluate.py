@@ -55,9 +55,9 @@ def evaluate_policy(path: str, task: str, prompts: Sequence[str], max_new_tokens
                     ref_path: str | None = None) -> dict[str, float]:
     """True reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
     per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased)."""
-    from tandem.actors.batching import response_logprobs
     from tandem.data import get_task
     from tandem.models import load_causal_lm, load_tokenizer
+    from tandem.models.tokens import response_logprobs
 
     # One thread: the driver shares the cores with Ray actors, and an oversubscribed 2-thread
     # torch was measured 6x slower here (37.5 s against 6.4 s for 256 answers).
