@@ -1,5 +1,5 @@
 """The datasets drawn from the built-in tasks (`tandem.tasks`, re-exported here), user data files, chat
-templating and reward functions."""
+templating, reward functions, and the records the offline jobs train on."""
 
 from tandem.data.chat import as_messages, prompt_ids, prompt_text, response_ids
 from tandem.data.files import load_data_file
