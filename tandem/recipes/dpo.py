@@ -91,8 +91,8 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg, model_path, run.dir)
     result = fit(run, cfg, "policy", DPOLearner, model_path, train,
-                        lambda group: eval_loss(group, held_out), stop_after,
-                        beta=cfg.dpo.beta, loss=cfg.dpo.loss)
+               lambda group: eval_loss(group, held_out), stop_after,
+               beta=cfg.dpo.beta, loss=cfg.dpo.loss)
     return finish_policy_run(run, result, model_path)
 
 
