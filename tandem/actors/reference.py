@@ -27,7 +27,7 @@ class ReferenceModel:
     def logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
                  ) -> list[list[float]]:
         """log p_ref(response[t] | prompt, response[:t]) for every response token of every sequence."""
-        from tandem.actors.batching import response_logprobs
+        from tandem.models.tokens import response_logprobs
 
         return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.batch_size)
 

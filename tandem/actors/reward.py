@@ -85,7 +85,7 @@ class _Model:
         import torch
 
         from tandem.data.chat import prompt_ids, response_ids
-        from tandem.learners.batching import pad_rows, truncate
+        from tandem.models.tokens import pad_rows, truncate
 
         rows = [truncate(prompt_ids(self.tokenizer, p), response_ids(self.tokenizer, r),
                          self.max_prompt_len, self.max_response_len + 1)  # +1: the EOS

@@ -258,14 +258,6 @@ class RolloutGroup:
     def generate_text(self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any) -> list[Sample]:
         return self._fan_out("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        return self._fan_out("score", list(prompt_ids), list(response_ids))
-
-    def weight_versions(self) -> list[int]:
-        import ray
-
-        return [i["weight_version"] for i in ray.get([e.info.remote() for e in self.engines])]
-
     def shutdown(self) -> None:
         import ray
 
@@ -275,25 +267,3 @@ class RolloutGroup:
             ray.util.remove_placement_group(pg)
         self.engines, self._pgs = [], []
 
-
-@dataclass
-class EvalResult:
-    """Held-out generations and their rewards."""
-
-    samples: list[Sample]  # (N * n,) prompt-major
-    rewards: list[float]  # (N * n,) reward of each sample
-    mean_reward: float
-
-
-def evaluate(group: RolloutGroup | RolloutEngine, prompts: Sequence[str | Sequence[Mapping[str, Any]]],
-             reward_fn: Any, n: int = 1, greedy: bool = True) -> EvalResult:
-    """Generate for held-out prompts (greedy by default: a deterministic score of the policy) and
-    score them with a batched `reward_fn(prompt_texts, responses)`, e.g. a task's true reward
-    (`tandem.data.rewards.task_reward(name)`)."""
-    from tandem.data.chat import prompt_text
-
-    samples = group.generate_text(list(prompts), n=n, greedy=greedy)
-    texts = [prompt_text(prompts[s.prompt_index]) for s in samples]
-    rewards = [float(r) for r in reward_fn(texts, [s.response_text for s in samples])]
-    mean = sum(rewards) / len(rewards) if rewards else float("nan")
-    return EvalResult(samples, rewards, mean)

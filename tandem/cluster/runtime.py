@@ -1,12 +1,14 @@
-"""Process environment and Ray start/attach."""
+"""Process environment, Ray start/attach, and Ray's lifetime for one job."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from tandem.config import RayConfig
+from tandem.config import Config, RayConfig
 
 
 def cuda_available() -> bool:
@@ -76,3 +78,19 @@ def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+
+
+@contextmanager
+def ray_cluster(cfg: Config, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for one job: attach, or start one with `num_cpus` logical CPUs (default: enough for the
+    learner group); a Ray started here is shut down at the end."""
+    import ray
+
+    started = not ray.is_initialized()
+    need = num_cpus or math.ceil(cfg.learner.world_size * cfg.learner.cpus_per_rank)
+    init_ray(cfg.ray, num_cpus=max(need, os.cpu_count() or 1, 4))
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

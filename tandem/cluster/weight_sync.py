@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -178,7 +177,6 @@ class WeightSync:
         self.learners, self.engines = list(getattr(learners, "actors", learners)), list(engines)
         self.bucket_mb, self.timeout_s = bucket_mb, timeout_s
         self._store: dist.TCPStore | None = None
-        self.last_seconds = 0.0
 
     def setup(self) -> None:
         """Create the group: host the store here, then every member joins at once (a rendezvous)."""
@@ -203,9 +201,7 @@ class WeightSync:
         """Stream the learner's current weights into every engine; returns the engines' new versions."""
         if self._store is None:
             self.setup()
-        started = time.perf_counter()
         receives = [engine.receive_weights.remote() for engine in self.engines]
         sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
         results = _get_fail_fast(sends + receives, "sync")
-        self.last_seconds = time.perf_counter() - started
         return results[len(sends):]

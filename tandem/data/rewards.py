@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from tandem.data.tasks import get_task
 from tandem.errors import UserError
+from tandem.tasks import get_task
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 

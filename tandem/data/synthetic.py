@@ -14,7 +14,7 @@ import math
 import random
 from typing import Literal
 
-from tandem.data.tasks import Task, get_task
+from tandem.tasks import Task, get_task
 
 Split = Literal["train", "eval"]
 

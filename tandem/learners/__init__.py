@@ -4,7 +4,7 @@ from tandem.learners.base import DeepSpeedLearner, deepspeed_config
 from tandem.learners.dpo import DPOLearner
 from tandem.learners.reward import RewardLearner
 from tandem.learners.schedule import lr_multiplier
-from tandem.learners.sft import SFTLearner, sequence_logprobs, token_logprobs
+from tandem.learners.sft import SFTLearner, sequence_logprobs
 
 __all__ = [
     "DPOLearner",
@@ -14,5 +14,4 @@ __all__ = [
     "deepspeed_config",
     "lr_multiplier",
     "sequence_logprobs",
-    "token_logprobs",
 ]

@@ -217,7 +217,7 @@ class DeepSpeedLearner:
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
     @torch.no_grad()
-    def evaluate(self, examples: Sequence[Any]) -> dict[str, float]:
+    def eval_loss(self, examples: Sequence[Any]) -> dict[str, float]:
         """Loss and metrics over the examples of all ranks (unit-weighted means; needs >= 1 per rank).
 
         Ranks may hold different numbers of examples: under ZeRO-3 every forward is a collective, so

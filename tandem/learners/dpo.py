@@ -9,8 +9,9 @@ import torch
 from tandem.algos import dpo_loss
 from tandem.config import LearnerConfig
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.batching import TokenBatch, pair_batch
+from tandem.learners.batching import pair_batch
 from tandem.learners.sft import sequence_logprobs
+from tandem.models.tokens import TokenBatch
 
 
 class DPOLearner(DeepSpeedLearner):

@@ -15,7 +15,8 @@ import torch
 
 from tandem.algos import get_policy_loss, logprobs_and_entropy, logprobs_from_logits, masked_mean, value_loss
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.batching import TokenBatch, next_token_targets, sft_batch
+from tandem.learners.batching import sft_batch
+from tandem.models.tokens import TokenBatch, next_token_targets
 
 
 def scatter_tokens(examples: Sequence[dict], key: str, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 
 from tandem.algos import bradley_terry_loss
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.batching import TokenBatch, pair_batch
+from tandem.learners.batching import pair_batch
+from tandem.models.tokens import TokenBatch
 
 
 class RewardLearner(DeepSpeedLearner):

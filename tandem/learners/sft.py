@@ -6,16 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from tandem.algos import logprobs_from_logits, masked_mean, masked_sum
+from tandem.algos import masked_mean, masked_sum
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.batching import TokenBatch, next_token_targets, sft_batch
-
-
-def token_logprobs(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of each next token under `model` (B, T-1) and the response mask over them (B, T-1)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    labels, mask = next_token_targets(batch)
-    return logprobs_from_logits(logits[:, :-1], labels), mask
+from tandem.learners.batching import sft_batch
+from tandem.models.tokens import TokenBatch, token_logprobs
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:

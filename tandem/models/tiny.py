@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tandem.data.tasks import BUILTIN_TASKS
+from tandem.tasks import BUILTIN_TASKS
 
 #: Bump when the build recipe changes in a way the hashed spec below does not capture.
 FORMAT_VERSION = 1

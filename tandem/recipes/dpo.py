@@ -15,9 +15,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
+from tandem.data.records import load_records, tokenize
 from tandem.errors import UserError
-from tandem.recipes import common
+from tandem.recipes.offline import eval_loss, finish_policy_run, fit
+from tandem.recipes.run_dir import start_run
 
 
 def policy_pairs(cfg: Config, model_path: str, prompts: list[str]) -> list[dict]:
@@ -73,9 +76,9 @@ def load_data(cfg: Config, model_path: str, run_dir: Path) -> tuple[list[dict], 
             cache.write_text("".join(json.dumps(r) + "\n" for r in records))
             print(f"dpo: {len(records)} on-policy pairs from {len(prompts)} prompts")
     else:
-        records = common.load_records(cfg, "pairs", "train")
-    train = common.tokenize(tokenizer, records, cfg)
-    held_out = common.tokenize(tokenizer, common.load_records(cfg, "pairs", "eval"), cfg)
+        records = load_records(cfg, "pairs", "train")
+    train = tokenize(tokenizer, records, cfg)
+    held_out = tokenize(tokenizer, load_records(cfg, "pairs", "eval"), cfg)
     return train, held_out
 
 
@@ -84,16 +87,16 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import DPOLearner
     from tandem.models import resolve_model
 
-    run = common.start_run(cfg, "dpo", resume_dir)
+    run = start_run(cfg, "dpo", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg, model_path, run.dir)
-    result = common.fit(run, cfg, "policy", DPOLearner, model_path, train,
-                        lambda group: common.evaluate(group, held_out), stop_after,
-                        beta=cfg.dpo.beta, loss=cfg.dpo.loss)
-    return common.finish_policy_run(run, result, model_path)
+    result = fit(run, cfg, "policy", DPOLearner, model_path, train,
+               lambda group: eval_loss(group, held_out), stop_after,
+               beta=cfg.dpo.beta, loss=cfg.dpo.loss)
+    return finish_policy_run(run, result, model_path)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with common.ray_cluster(cfg):
+    with ray_cluster(cfg):
         run(cfg, getattr(args, "resume", None))
     return 0

@@ -1,5 +1,7 @@
-"""Held-out evaluation of a policy by a task's true reward: greedy and sampled answers, standard errors,
-and the KL of the policy to a reference (the number that says how far RL moved it).
+"""Held-out evaluation of policies by a task's true reward: greedy and sampled answers, standard errors,
+and the KL of the policy to a reference (the number that says how far RL moved it). `evaluate_policy`
+scores one policy; `evaluate_before_after` a trained model against the one it started from (the SFT
+and DPO summaries); the pipeline's held-out table compares several (`tandem.recipes.pipeline`).
 
 Plain transformers on the driver: the embedded models answer hundreds of prompts in seconds, and an
 evaluation should not depend on the engines it is judging.
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from tandem.config import Config
 
 
 @dataclass
@@ -55,9 +59,9 @@ def evaluate_policy(path: str, task: str, prompts: Sequence[str], max_new_tokens
                     ref_path: str | None = None) -> dict[str, float]:
     """True reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
     per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased)."""
-    from tandem.actors.batching import response_logprobs
     from tandem.data import get_task
     from tandem.models import load_causal_lm, load_tokenizer
+    from tandem.models.tokens import response_logprobs
 
     # One thread: the driver shares the cores with Ray actors, and an oversubscribed 2-thread
     # torch was measured 6x slower here (37.5 s against 6.4 s for 256 answers).
@@ -77,4 +81,19 @@ def evaluate_policy(path: str, task: str, prompts: Sequence[str], max_new_tokens
         own = response_logprobs(model, answers.prompt_ids, answers.response_ids, pad)
         base = response_logprobs(ref, answers.prompt_ids, answers.response_ids, pad)
         out["kl_to_ref"] = statistics.fmean(sum(a) - sum(b) for a, b in zip(own, base))
+    return out
+
+
+def evaluate_before_after(cfg: Config, initial: str, trained: str) -> dict[str, float]:
+    """`eval/true_reward/{greedy,sampled}` of the trained model and `eval/init_true_reward/...` of
+    the model it started from, on held-out prompts ({} without a task or with num_generate_eval 0)."""
+    from tandem.data import rl_prompts
+
+    if cfg.data.task is None or cfg.train.num_generate_eval == 0:
+        return {}
+    prompts = rl_prompts(cfg.data.task, cfg.train.num_generate_eval, seed=cfg.run.seed, split="eval")
+    out = {}
+    for prefix, path in (("eval/init_true_reward", initial), ("eval/true_reward", trained)):
+        result = evaluate_policy(path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed)
+        out.update({f"{prefix}/{mode}": result[f"{mode}/mean"] for mode in ("greedy", "sampled")})
     return out

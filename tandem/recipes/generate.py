@@ -1,14 +1,15 @@
-"""`tandem generate CONFIG`: sample from a model with vLLM and score the samples with the task's true reward.
+"""`tandem generate CONFIG`: sample from a model with a rollout engine and score the samples with the
+task's true reward.
 
-Stages: resolve the model (building the embedded one if needed), load held-out prompts, start a vLLM
-engine, generate, score, print.
+Stages: load held-out prompts, start one rollout engine in this process (`RolloutEngine`, the body
+of the PPO job's engine actors: the same sampling settings, seeding and decoding), generate, score,
+print.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from tandem.config import Config
 from tandem.errors import UserError
@@ -23,42 +24,17 @@ def _prompts(cfg: Config) -> list[str]:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    from tandem.cluster.runtime import setup_env
+    from tandem.actors.rollout import RolloutEngine
+    from tandem.data import get_task
 
-    setup_env()
-    from vllm import LLM, SamplingParams
-
-    from tandem.data import get_task, prompt_ids
-    from tandem.models import load_tokenizer, resolve_model
-
-    path = resolve_model(cfg.model.path)
-    tokenizer = load_tokenizer(path)
     prompts = _prompts(cfg)
-    started = time.perf_counter()
-    llm = LLM(
-        model=path,
-        dtype=cfg.model.dtype,
-        enforce_eager=True,
-        max_model_len=cfg.model.max_prompt_len + cfg.model.max_response_len,
-        kv_cache_memory_bytes=cfg.rollout.kv_cache_mb << 20,
-        max_num_seqs=cfg.rollout.max_num_seqs,
-        seed=cfg.run.seed,
-    )
-    print(f"vLLM engine up in {time.perf_counter() - started:.1f} s")
-    sampling = SamplingParams(
-        temperature=cfg.rollout.sampling.temperature,
-        top_p=cfg.rollout.sampling.top_p,
-        top_k=cfg.rollout.sampling.top_k,
-        max_tokens=cfg.model.max_response_len,
-        seed=cfg.run.seed,
-    )
-    requests = [{"prompt_token_ids": prompt_ids(tokenizer, p)} for p in prompts]
-    outputs = llm.generate(requests, sampling, use_tqdm=False)
+    engine = RolloutEngine(cfg.model, cfg.rollout, seed=cfg.run.seed)
+    samples = engine.generate_text(prompts, greedy=False, seed=cfg.run.seed)
     task = get_task(cfg.data.task)
     rewards = []
-    for prompt, out in zip(prompts, outputs):
-        response = out.outputs[0].text
-        rewards.append(task.true_reward(prompt, response))
-        print(f"{prompt!r:32} -> {response!r:28} true reward {rewards[-1]:.2f}")
+    for sample in samples:
+        prompt = prompts[sample.prompt_index]
+        rewards.append(task.true_reward(prompt, sample.response_text))
+        print(f"{prompt!r:32} -> {sample.response_text!r:28} true reward {rewards[-1]:.2f}")
     print(f"mean true reward over {len(rewards)} prompts: {statistics.fmean(rewards):.3f}")
     return 0

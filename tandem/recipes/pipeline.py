@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config, load_config
 from tandem.errors import UserError
-from tandem.recipes import common
 
 
 def stage_config(cfg: Config, path: str | None, stage: str, overrides: tuple[str, ...] = ()) -> Config:
@@ -82,6 +82,6 @@ def run(cfg: Config) -> dict[str, Any]:
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from tandem.recipes.ppo_roles import Roles
 
-    with common.ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
+    with ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
         run(cfg)
     return 0

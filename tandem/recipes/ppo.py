@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from tandem.algos import make_kl_controller
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
+from tandem.data.records import BatchOrder
 from tandem.errors import UserError
-from tandem.recipes import common
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_roles import Roles, needs_critic, ppo_learner_config
+from tandem.recipes.run_dir import Run, finish_run, layout, start_run
 
 
 @contextmanager
@@ -28,14 +30,14 @@ def timed(timings: dict[str, float], stage: str):
     timings[f"timing/{stage}"] = time.perf_counter() - started
 
 
-def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_after: int | None = None) -> int:
+def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: int | None = None) -> int:
     """The PPO loop from `run.start_step` to `ppo.steps`; returns the last step done."""
     from tqdm.auto import tqdm
 
     p = cfg.ppo
     kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, target=p.kl_target, horizon=p.kl_horizon)
-    order = common.BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
-                              max_steps=p.steps, seed=cfg.run.seed)
+    order = BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
+                       max_steps=p.steps, seed=cfg.run.seed)
     if run.resume_from is not None:
         kl_ctl.load_state_dict(roles.restore(run.resume_from)["kl_controller"])
     step = run.start_step
@@ -73,7 +75,7 @@ def train(cfg: Config, roles: Roles, run: common.Run, prompts: list[str], stop_a
             # The policy's layout too: `start_run` refuses to resume it under another (a clear error,
             # not DeepSpeed's failure to load optimizer shards saved by a different world size).
             roles.save(run, step, {"kl_controller": kl_ctl.state_dict(), "samples_seen": step * len(batch),
-                                   **common._layout(cfg.learner)})
+                                   **layout(cfg.learner)})
         if stopping:
             break
     bar.close()
@@ -107,16 +109,16 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, "learner"),
                                  **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {})})
     prompts = load_prompts(cfg)
-    run = common.start_run(cfg, "ppo", resume_dir)
+    run = start_run(cfg, "ppo", resume_dir)
     with Roles(cfg, rm_path) as roles:
         step = train(cfg, roles, run, prompts, stop_after)
         final = roles.export_final(run) if step == cfg.ppo.steps else None
     summary = {"steps": step, **({"final_model": str(final)} if final else {"stopped_at": step})}
-    return common.finish_run(run, summary)
+    return finish_run(run, summary)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with common.ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
+    with ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
         run(cfg, getattr(args, "resume", None))
     return 0
 

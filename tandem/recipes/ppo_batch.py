@@ -72,16 +72,6 @@ class RolloutBatch:
         """(B,) response lengths in tokens."""
         return self.mask.sum(-1)
 
-    def shard(self, index: int, parts: int) -> dict:
-        """The learner's share: rows index::parts as plain lists and tensors (cheap to send to an actor)."""
-        rows = slice(index, None, parts)
-        out = {"prompt_ids": self.prompt_ids[rows], "response_ids": self.response_ids[rows]}
-        for name in ("mask", "old_logprobs", "advantages", "returns", "values"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value[rows]
-        return out
-
 
 def compute_advantages(batch: RolloutBatch, *, estimator: str, kl_estimator: str, kl_coef: float,
                        group_size: int, gamma: float, lam: float) -> dict[str, float]:

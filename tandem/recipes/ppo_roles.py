@@ -17,10 +17,12 @@ import torch
 
 from tandem.algos import ADV_ESTIMATORS, get_adv_est
 from tandem.cluster.groups import ActorGroup
+from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
 from tandem.errors import UserError
-from tandem.recipes import common
+from tandem.recipes import run_dir
 from tandem.recipes.ppo_batch import RolloutBatch, pad_right
+from tandem.recipes.run_dir import Checkpoints, Run
 
 # Per-response-token lists each learner trains on, by role.
 TRAIN_KEYS = {"policy": ("old_logprobs", "advantages"), "critic": ("values", "returns")}
@@ -185,11 +187,11 @@ class Roles:
         rows = [{"prompt_ids": q, "response_ids": r} for q, r in zip(batch.prompt_ids, batch.response_ids)]
         reward_ref = self.reward.score.remote(batch.prompts, batch.responses)
         ref_ref = self.reference.logprobs.remote(batch.prompt_ids, batch.response_ids)
-        shards = [(s,) for s in common.shard(rows, self.policy.world_size)]
+        shards = [(s,) for s in shard(rows, self.policy.world_size)]
         policy_refs = self.policy.async_call_per_rank("logprobs", shards)
         critic_refs = None
         if self.critic is not None:
-            critic_refs = self.critic.async_call_per_rank("values", [(s,) for s in common.shard(rows, self.critic.world_size)])
+            critic_refs = self.critic.async_call_per_rank("values", [(s,) for s in shard(rows, self.critic.world_size)])
         result = ray.get(reward_ref)
         batch.scores = torch.tensor(result.total, dtype=torch.float32)
         batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
@@ -217,7 +219,7 @@ class Roles:
             self.rng.shuffle(order)
             for start in range(0, len(order), size):
                 minibatch = [examples[i] for i in order[start:start + size]]
-                metrics = group.call_per_rank("train_batch", [(s,) for s in common.shard(minibatch, group.world_size)])[0]
+                metrics = group.call_per_rank("train_batch", [(s,) for s in shard(minibatch, group.world_size)])[0]
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"
@@ -236,21 +238,21 @@ class Roles:
     def learner_groups(self) -> dict[str, ActorGroup]:
         return {"policy": self.policy, **({"critic": self.critic} if self.critic else {})}
 
-    def save(self, run: common.Run, step: int, state: dict[str, Any]) -> Path:
+    def save(self, run: Run, step: int, state: dict[str, Any]) -> Path:
         return run.checkpoints.save(self.learner_groups(), step, {"rng": self.rng.getstate(), **state})
 
     def restore(self, checkpoint: Path) -> dict[str, Any]:
         """Load every learner from `checkpoint`, then push the restored policy to the engines."""
         for name, group in self.learner_groups().items():
             group.call("load", str(checkpoint / name))
-        state = common.Checkpoints.read_state(checkpoint)
+        state = Checkpoints.read_state(checkpoint)
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.sync_weights()
         return state
 
-    def export_final(self, run: common.Run) -> Path:
-        return common.export_final(run, run.checkpoints.latest() / "policy")
+    def export_final(self, run: Run) -> Path:
+        return run_dir.export_final(run, run.checkpoints.latest() / "policy")
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ import argparse
 from typing import Any
 
 from tandem.cluster.groups import ActorGroup
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
-from tandem.recipes import common
+from tandem.data.records import load_records, tokenize
+from tandem.recipes.offline import eval_loss, fit
+from tandem.recipes.run_dir import export_final, finish_run, start_run
 
 
 def true_order(cfg: Config, records: list[dict]) -> list[dict]:
@@ -37,11 +40,11 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
     from tandem.models import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.path)
-    held_out = common.load_records(cfg, "pairs", "eval")
+    held_out = load_records(cfg, "pairs", "eval")
     return (
-        common.tokenize(tokenizer, common.load_records(cfg, "pairs", "train"), cfg),
-        common.tokenize(tokenizer, held_out, cfg),
-        common.tokenize(tokenizer, true_order(cfg, held_out), cfg),
+        tokenize(tokenizer, load_records(cfg, "pairs", "train"), cfg),
+        tokenize(tokenizer, held_out, cfg),
+        tokenize(tokenizer, true_order(cfg, held_out), cfg),
     )
 
 
@@ -50,21 +53,21 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import RewardLearner
     from tandem.models import resolve_model
 
-    run = common.start_run(cfg, "rm", resume_dir)
+    run = start_run(cfg, "rm", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out, held_out_true = load_data(cfg)
 
-    def evaluate(group: ActorGroup) -> dict[str, float]:
-        return {**common.evaluate(group, held_out), **common.evaluate(group, held_out_true, "eval/true_")}
+    def held_out_losses(group: ActorGroup) -> dict[str, float]:
+        return {**eval_loss(group, held_out), **eval_loss(group, held_out_true, "eval/true_")}
 
-    result = common.fit(run, cfg, "rm", RewardLearner, model_path, train, evaluate, stop_after)
+    result = fit(run, cfg, "rm", RewardLearner, model_path, train, held_out_losses, stop_after)
     if not result.finished:
-        return common.finish_run(run, {"stopped_at": result.step})
-    final = common.export_final(run, result.checkpoint)
-    return common.finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval})
+        return finish_run(run, {"stopped_at": result.step})
+    final = export_final(run, result.checkpoint)
+    return finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval})
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with common.ray_cluster(cfg):
+    with ray_cluster(cfg):
         run(cfg, getattr(args, "resume", None))
     return 0

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
-from tandem.recipes import common
+from tandem.data.records import load_records, tokenize
+from tandem.recipes.offline import eval_loss, finish_policy_run, fit
+from tandem.recipes.run_dir import start_run
 
 
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -18,8 +21,8 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     from tandem.models import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.path)
-    train = common.tokenize(tokenizer, common.load_records(cfg, "sft", "train"), cfg)
-    held_out = common.tokenize(tokenizer, common.load_records(cfg, "sft", "eval"), cfg)
+    train = tokenize(tokenizer, load_records(cfg, "sft", "train"), cfg)
+    held_out = tokenize(tokenizer, load_records(cfg, "sft", "eval"), cfg)
     return train, held_out
 
 
@@ -28,14 +31,14 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import SFTLearner
     from tandem.models import resolve_model
 
-    run = common.start_run(cfg, "sft", resume_dir)
+    run = start_run(cfg, "sft", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg)
-    result = common.fit(run, cfg, "policy", SFTLearner, model_path, train,
-                        lambda group: common.evaluate(group, held_out), stop_after)
-    return common.finish_policy_run(run, result, model_path)
+    result = fit(run, cfg, "policy", SFTLearner, model_path, train,
+               lambda group: eval_loss(group, held_out), stop_after)
+    return finish_policy_run(run, result, model_path)
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with common.ray_cluster(cfg):
+    with ray_cluster(cfg):
         run(cfg, getattr(args, "resume", None))
     return 0

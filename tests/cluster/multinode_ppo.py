@@ -29,8 +29,9 @@ def main(out: str, run_dir: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from tandem.cluster.runtime import ray_cluster
     from tandem.config import load_config
-    from tandem.recipes import common, ppo
+    from tandem.recipes import ppo
     from tandem.recipes.ppo_roles import Roles
 
     placement: dict[str, list[str]] = {}
@@ -64,7 +65,7 @@ def main(out: str, run_dir: str) -> None:
             # step 1 then has gradients, and step 2 samples with moved weights.
             "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
         ])
-        with common.ray_cluster(cfg):
+        with ray_cluster(cfg):
             nodes = {r: n["NodeID"] for n in ray.nodes() if n["Alive"] for r in n["Resources"] if r in NODES}
             summary = ppo.run(cfg)
     finally:

@@ -35,7 +35,7 @@ class PolicyRank(SFTLearner):
     """An SFT learner that can also report its logprobs (a ZeRO-3 forward: every rank calls it)."""
 
     def logprobs(self, prompt_ids, response_ids):
-        from tandem.actors.batching import response_logprobs
+        from tandem.models.tokens import response_logprobs
 
         self.engine.eval()
         return response_logprobs(self.engine.module, prompt_ids, response_ids, self.pad_id)

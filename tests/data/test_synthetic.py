@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tandem.data.synthetic import bradley_terry_prob, preference_pairs, rl_prompts, sft_examples, split_of
-from tandem.data.tasks import Task, get_task
+from tandem.tasks import Task, get_task
 
 
 def test_datasets_are_deterministic_and_seed_dependent():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tandem.learners.batching import next_token_targets, pair_batch, sft_batch
+from tandem.learners.batching import pair_batch, sft_batch
+from tandem.models.tokens import next_token_targets
 
 PAD = 0
 

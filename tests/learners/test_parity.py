@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tandem.cluster.groups import ActorGroup
+from tandem.cluster.sharding import shard
 from tandem.config import LearnerConfig
 from tandem.learners import SFTLearner
-from tandem.recipes.common import shard
 
 STEPS, GLOBAL, MICRO = 3, 8, 2
 RTOL = 1e-4
@@ -38,7 +38,7 @@ def _curve(group: ActorGroup, examples: list[dict]) -> list[float]:
         assert all(m == metrics[0] for m in metrics)  # every rank reports the global numbers
         out += [metrics[0]["loss"], metrics[0]["grad_norm"]]
     held_out = examples[STEPS * GLOBAL :]
-    out.append(group.call_per_rank("evaluate", [(p,) for p in shard(held_out, group.world_size)])[0]["loss"])
+    out.append(group.call_per_rank("eval_loss", [(p,) for p in shard(held_out, group.world_size)])[0]["loss"])
     return out
 
 

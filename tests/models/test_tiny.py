@@ -8,9 +8,9 @@ import string
 
 import pytest
 
-from tandem.data.tasks import get_task, task_names
 from tandem.models import tiny
 from tandem.models.tiny import EMBEDDED_MODELS, build_tiny_model, resolve_model
+from tandem.tasks import get_task, task_names
 
 
 def _files(directory):

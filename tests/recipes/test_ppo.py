@@ -69,7 +69,7 @@ class RecordingRoles(Roles):
 
     def sync_weights(self) -> None:
         super().sync_weights()
-        self.synced.append(self.rollout.weight_versions())
+        self.synced.append([info["weight_version"] for info in self.rollout.wait_ready()])
 
 
 def _placement_group_of(actor) -> str | None:

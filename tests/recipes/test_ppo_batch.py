@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tandem.cluster.sharding import shard
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right, rollout_metrics
 
 
@@ -29,8 +30,8 @@ def test_from_samples_layout():
     assert b.rollout_logprobs[2].tolist() == pytest.approx([-1.0, -2.0, 0.0])
     assert b.truncated.tolist() == [False, True, False, False]
     assert b.lengths().tolist() == [3, 1, 2, 3]
-    shard = b.shard(1, 2)
-    assert shard["response_ids"] == [[4], [9, 9, 9]] and shard["mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    # The second of two learner ranks gets the second half, as `Roles` splits rows (`shard`).
+    assert shard(b.response_ids, 2)[1] == [[5, 6], [9, 9, 9]] and b.mask[2:].tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 def test_pad_right():

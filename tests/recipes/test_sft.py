@@ -79,7 +79,7 @@ def test_stop_and_resume_equals_straight_run(ray_session, tmp_path):
 
 def test_demonstrator_slips_reach_training_but_not_held_out(tmp_path):
     from tandem.data import get_task
-    from tandem.recipes.common import load_records
+    from tandem.data.records import load_records
 
     cfg = load_config("configs/demo-sft.yaml", ["data.num_train=400", "data.num_eval=400"])
     assert cfg.data.demo_error_rate == 0.3

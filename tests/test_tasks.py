@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from tandem.data.tasks import EvensTask, Task, get_task, parse_numbers, register_task, task_names
 from tandem.errors import UserError
+from tandem.tasks import EvensTask, Task, get_task, parse_numbers, register_task, task_names
 
 
 def test_registry_names_and_unknown_task():
@@ -90,7 +90,7 @@ def test_evens_annotator_prefers_longer_responses():
 
 
 def test_register_task(monkeypatch):
-    from tandem.data import tasks
+    from tandem import tasks
 
     monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # leave the real registry untouched
     custom = EvensTask(length_bonus=0.5)

@@ -9,6 +9,10 @@ alternative responses that annotators compare).
 `evens` carries a deliberate LENGTH TRAP: its annotators like longer answers, so a reward model
 trained on their preferences learns a length bias, and PPO against that model can reward-hack by
 listing extra numbers while the true reward falls.
+
+A top-level module, below both `tandem.data` (the datasets drawn from the tasks, their rewards) and
+`tandem.models` (the embedded tokenizer is trained on the built-in tasks' text): neither imports
+the other.
 """
 
 from __future__ import annotations

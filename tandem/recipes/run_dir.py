@@ -1,0 +1,156 @@
+"""A job's run folder, shared by every recipe (SFT, RM, DPO, PPO): creating or resuming it,
+checkpoints, the exported final model and the summary.
+
+A run folder `<run.output_dir>/<run.name>` holds:
+    config.yaml          the resolved config
+    metrics.jsonl        one row per logged step (see tandem.tracking)
+    checkpoints/step_N/  model/ (HF dir), deepspeed/ (optimizer + schedule), rng/ (PPO: one such
+                         set per learner group, in policy/ and critic/), and state.json
+    checkpoints/latest   the name of the newest checkpoint
+    final/               the trained model as an HF directory (what the next stage's model.path names)
+    summary.json         the run's final numbers
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tandem.cluster.groups import ActorGroup
+from tandem.config import Config, LearnerConfig, dump_config
+from tandem.errors import UserError
+from tandem.tracking import Tracker
+
+
+@dataclass
+class Run:
+    """One job's run folder, tracker and resume point."""
+
+    cfg: Config
+    job: str
+    dir: Path
+    tracker: Tracker
+    checkpoints: Checkpoints
+    resume_from: Path | None  # the checkpoint to restore, if resuming
+    start_step: int  # optimizer steps already taken
+    started_at: float
+
+
+def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
+    """Create (or reopen, when resuming) the run folder. Resuming: `run.resume: true` or
+    `--resume RUN_DIR` (which also names the folder); with no checkpoint there, it starts over."""
+    run_dir = Path(resume_dir) if resume_dir else Path(cfg.run.output_dir) / cfg.run.name
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.run.keep_checkpoints)
+    resuming = bool(resume_dir) or cfg.run.resume
+    latest = checkpoints.latest() if resuming else None
+    if resume_dir and not run_dir.is_dir():
+        raise UserError(f"--resume {resume_dir}: no such run folder")
+    if not resuming and checkpoints.latest() is not None:
+        raise UserError(
+            f"run folder {run_dir} already holds checkpoints; resume it with run.resume=true "
+            f"(or --resume {run_dir}), or pick another run.name"
+        )
+    if latest is not None:
+        check_layout(cfg, latest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    start_step = Checkpoints.read_state(latest)["step"] if latest else 0
+    tracker = Tracker(
+        run_dir, cfg.wandb, cfg.run.name, job, cfg.model_dump(mode="json"), resume_step=start_step if latest else None
+    )
+    if latest:
+        print(f"resuming {run_dir} from {latest.name} (step {start_step})")
+    return Run(cfg, job, run_dir, tracker, checkpoints, latest, start_step, time.time())
+
+
+class Checkpoints:
+    """Resumable checkpoints `step_N/` under one folder, the newest named in `latest`."""
+
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root, self.keep = root, keep
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        return path if (path / "state.json").is_file() else None
+
+    def save(self, groups: ActorGroup | Mapping[str, ActorGroup], step: int, state: dict[str, Any]) -> Path:
+        """All ranks write their part (several groups: each in a subfolder named by its key); then
+        state.json (last: its presence marks a complete checkpoint), the `latest` pointer, and old
+        checkpoints are pruned."""
+        path = self.root / f"step_{step:06d}"
+        parts = {"": groups} if isinstance(groups, ActorGroup) else dict(groups)
+        refs = {name: group.async_call("save", str(path / name)) for name, group in parts.items()}
+        for name, group in parts.items():
+            group.collect(refs[name], "save")
+        (path / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+        (self.root / "latest").write_text(path.name)
+        done = sorted(p for p in self.root.glob("step_*") if (p / "state.json").is_file())
+        for old in done[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @staticmethod
+    def read_state(path: Path) -> dict[str, Any]:
+        return json.loads((path / "state.json").read_text())
+
+
+def layout(cfg: LearnerConfig) -> dict[str, int]:
+    """The learner layout a checkpoint records in its state.json, so that `start_run` can check it."""
+    return {"world_size": cfg.world_size, "zero_stage": cfg.zero_stage}
+
+
+def check_layout(cfg: Config, checkpoint: Path) -> None:
+    """DeepSpeed's optimizer state is sharded by rank: resume with the world size and ZeRO stage
+    the checkpoint was saved with."""
+    state = Checkpoints.read_state(checkpoint)
+    saved = {k: state[k] for k in layout(cfg.learner) if k in state}
+    if saved and saved != layout(cfg.learner):
+        raise UserError(
+            f"{checkpoint} was saved with learner {saved}; resume with the same settings "
+            f"(this config has {layout(cfg.learner)})"
+        )
+
+
+def resume(run: Run, group: ActorGroup) -> None:
+    """Restore every rank from the run's checkpoint (no-op when starting fresh)."""
+    if run.resume_from is not None:
+        group.call("load", str(run.resume_from))
+
+
+def export_final(run: Run, checkpoint: Path) -> Path:
+    """`<run_dir>/final`: the checkpoint's HF model, hard-linked (no copy of the weights)."""
+    final = run.dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(checkpoint / "model", final, copy_function=_link_or_copy)
+    return final
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def finish_run(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.json, print it, close the tracker; returns the summary."""
+    summary = {"job": run.job, "run_dir": str(run.dir), **summary,
+               "wall_s": round(time.time() - run.started_at, 1)}
+    (run.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.tracker.summary(summary)
+    run.tracker.finish()
+    print(f"{run.job} finished: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
