@@ -53,3 +53,10 @@ def test_the_check_sees_lazy_and_from_imports(tmp_path: Path) -> None:
     names = imported_modules(module)
     assert _breaks("tandem.learners.sft", ("tandem.learners",)) and "tandem.learners.sft" in names
     assert "tandem.data" in names and not _breaks("tandem.database", ("tandem.data",))
+
+
+def test_no_module_over_400_lines():
+    """Small files (STYLE.md): a module past 400 lines holds more than one concern; split it."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long

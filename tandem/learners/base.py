@@ -3,7 +3,7 @@
 One learner is one rank: a Ray actor placed by `tandem.cluster.groups.ActorGroup`, which sets
 RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT. The driver calls a few coarse methods on all
 ranks at once: `setup()`, then `train_batch(examples)` (one optimizer step on this rank's share of
-a global batch), `evaluate(examples)`, `save(dir)`, `load(dir)`, `save_model(dir)`.
+a global batch), `eval_loss(examples)`, `save(dir)`, `load(dir)`, `save_model(dir)`.
 
 A subclass says what the model is and what the loss is:
     build_model()         -> the HF module to train
@@ -224,7 +224,7 @@ class DeepSpeedLearner:
         a rank with fewer micro-batches repeats its last one with weight 0.
         """
         if not examples:
-            raise ValueError(f"rank {self.rank}: evaluate needs at least one example")
+            raise ValueError(f"rank {self.rank}: eval_loss needs at least one example")
         self.engine.eval()
         mbs = self.cfg.micro_batch_size
         chunks = [examples[i : i + mbs] for i in range(0, len(examples), mbs)]

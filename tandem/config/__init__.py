@@ -1,0 +1,46 @@
+"""The job configuration: the typed schema (`schema`) and its loading from YAML and overrides (`loading`)."""
+
+from tandem.config.loading import dump_config, load_config
+from tandem.config.schema import (
+    Config,
+    DataConfig,
+    DPOConfig,
+    LearnerConfig,
+    ModelConfig,
+    OptimConfig,
+    PipelineConfig,
+    PPOConfig,
+    RayConfig,
+    ReferenceConfig,
+    RewardComponent,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+    SamplingConfig,
+    ServeConfig,
+    TrainConfig,
+    WandbConfig,
+)
+
+__all__ = [
+    "Config",
+    "DPOConfig",
+    "DataConfig",
+    "LearnerConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PPOConfig",
+    "PipelineConfig",
+    "RayConfig",
+    "ReferenceConfig",
+    "RewardComponent",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "ServeConfig",
+    "TrainConfig",
+    "WandbConfig",
+    "dump_config",
+    "load_config",
+]
