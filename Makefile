@@ -19,8 +19,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
 
+LINTED := tandem tests bench scripts
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tandem tests
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 
 # The GPU check runs on a machine without .venv (torch and transformers preinstalled, the rest as
 # wheels from `make gpu-wheels`; see the README's GPU section). `make gpu-check ARGS=--cpu` is the dry run.

@@ -14,6 +14,9 @@ if __name__ == "__main__":
     proc = subprocess.Popen(sys.argv[1:])
     with PeakMemory(interval_s=1.0, root_pid=proc.pid) as peak:
         code = proc.wait()
-    print(f"peak memory of the process tree: {peak.peak_pss / 2**30:.2f} GiB PSS "
-          f"({peak.peak_rss / 2**30:.2f} GiB summing RSS)", file=sys.stderr)
+    print(
+        f"peak memory of the process tree: {peak.peak_pss / 2**30:.2f} GiB PSS "
+        f"({peak.peak_rss / 2**30:.2f} GiB summing RSS)",
+        file=sys.stderr,
+    )
     sys.exit(code)

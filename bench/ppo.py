@@ -20,8 +20,13 @@ def run() -> list[tuple]:
     from tandem.tracking import read_metrics
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = Config.model_validate({"run": {"name": "bench-ppo", "output_dir": out}, "wandb": {"mode": "disabled"},
-                                     "ppo": {"steps": STEPS}})
+        cfg = Config.model_validate(
+            {
+                "run": {"name": "bench-ppo", "output_dir": out},
+                "wandb": {"mode": "disabled"},
+                "ppo": {"steps": STEPS},
+            }
+        )
         with PeakMemory() as peak:  # entered first: Ray's processes start inside, as our children
             ray_up(max(8, Roles.cpus_needed(cfg)))
             summary = ppo.run(cfg)
@@ -34,8 +39,10 @@ def run() -> list[tuple]:
 
     n, batch = len(steady), cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt
     startup = summary["wall_s"] - sum(r["timing/step"] for r in rows)
-    out_rows = [("outside the steps", startup, "s", "start of roles (DeepSpeed, vLLM), final checkpoint and export"),
-                ("step 1", rows[0]["timing/step"], "s", "includes first-generate warm-up")]
+    out_rows = [
+        ("outside the steps", startup, "s", "start of roles (DeepSpeed, vLLM), final checkpoint and export"),
+        ("step 1", rows[0]["timing/step"], "s", "includes first-generate warm-up"),
+    ]
     for stage in STAGES:
         key = f"timing/{stage}"
         if key in steady[0]:
@@ -46,9 +53,18 @@ def run() -> list[tuple]:
         ("samples/s", mean("perf/samples_per_s"), "samples/s", f"{batch} samples per step / step time"),
         ("generation", mean("perf/generate_tokens_per_s"), "tokens/s", "response tokens / generate time"),
         ("training", mean("perf/train_tokens_per_s"), "tokens/s", "response tokens / update time"),
-        ("response length", mean("rollout/response_length/mean"), "tokens", f"max {cfg.model.max_response_len}"),
+        (
+            "response length",
+            mean("rollout/response_length/mean"),
+            "tokens",
+            f"max {cfg.model.max_response_len}",
+        ),
         ("logprob mismatch", mean("rollout/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
-        ("peak memory", peak.peak_pss / 2**30, "GiB",
-         f"PSS of the driver and Ray's processes ({peak.peak_rss / 2**30:.2f} GiB summing RSS)"),
+        (
+            "peak memory",
+            peak.peak_pss / 2**30,
+            "GiB",
+            f"PSS of the driver and Ray's processes ({peak.peak_rss / 2**30:.2f} GiB summing RSS)",
+        ),
     ]
     return out_rows

@@ -17,8 +17,9 @@ def run() -> list[tuple]:
     from tandem.models import load_tokenizer
 
     ray_up()
-    cfg = Config.model_validate({"model": {"max_response_len": MAX_TOKENS},
-                                 "rollout": {"max_num_seqs": PROMPTS * SAMPLES}})
+    cfg = Config.model_validate(
+        {"model": {"max_response_len": MAX_TOKENS}, "rollout": {"max_num_seqs": PROMPTS * SAMPLES}}
+    )
     tok = load_tokenizer(cfg.model.path)
     prompts = [prompt_ids(tok, p) for p in rl_prompts("sort", PROMPTS, seed=0, split="eval")]
     group = RolloutGroup(cfg)

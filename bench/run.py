@@ -35,7 +35,11 @@ def print_table(title: str, rows: list[Row], seconds: float) -> None:
     line = "  ".join("-" * w for w in widths)
     print(f"\n== {title} ({seconds:.0f} s)")
     for i, cell in enumerate(cells):
-        print("  ".join(c.rjust(w) if j == 1 else c.ljust(w) for j, (c, w) in enumerate(zip(cell, widths))).rstrip())
+        print(
+            "  ".join(
+                c.rjust(w) if j == 1 else c.ljust(w) for j, (c, w) in enumerate(zip(cell, widths))
+            ).rstrip()
+        )
         if i == 0:
             print(line)
 

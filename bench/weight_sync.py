@@ -17,9 +17,17 @@ from pathlib import Path
 from _common import best_and_median, ray_up
 
 TITLE = "weight sync: learner -> vLLM engine, ~50M-param Qwen2 (float32)"
-ARCH = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 10, "num_attention_heads": 8,
-        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 32000, "max_position_embeddings": 256,
-        "tie_word_embeddings": True}
+ARCH = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 10,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 32000,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
 REPEATS = 3
 # (ZeRO stage, learner ranks): the plain path, then ZeRO-3 where every rank joins each gather.
 SETUPS = [(0, 1), (3, 2)]
@@ -69,13 +77,19 @@ def run() -> list[tuple]:
 
     ray_up()
     path = build_model()
-    cfg = Config.model_validate({"model": {"path": path, "max_prompt_len": 32, "max_response_len": 16},
-                                 "rollout": {"kv_cache_mb": 32, "max_num_seqs": 8}})
+    cfg = Config.model_validate(
+        {
+            "model": {"path": path, "max_prompt_len": 32, "max_response_len": 16},
+            "rollout": {"kv_cache_mb": 32, "max_num_seqs": 8},
+        }
+    )
     engines = RolloutGroup(cfg)
     rows = [("engine startup", engines.wait_ready()[0]["startup_s"], "s", "vLLM in-process, 50M model")]
     try:
         for stage, ranks in SETUPS:
-            lcfg = LearnerConfig(world_size=ranks, zero_stage=stage, micro_batch_size=1, global_batch_size=ranks)
+            lcfg = LearnerConfig(
+                world_size=ranks, zero_stage=stage, micro_batch_size=1, global_batch_size=ranks
+            )
             with ActorGroup("policy", SFTLearner, ranks, args=(lcfg, path, 1)) as learners:
                 params = learners.call("setup")[0]["params"]
                 sync = WeightSync(learners, engines.engines, cfg.rollout.sync_bucket_mb)
@@ -86,15 +100,26 @@ def run() -> list[tuple]:
             nbytes = params * 4
             copy = copy_seconds(nbytes)
             label = f"ZeRO-{stage} x{ranks}"
-            what = (f"median of {REPEATS}, best {best:.3f} s; {params / 1e6:.1f}M params, "
-                    f"{nbytes / 1e6:.0f} MB, {cfg.rollout.sync_bucket_mb} MiB buckets")
+            what = (
+                f"median of {REPEATS}, best {best:.3f} s; {params / 1e6:.1f}M params, "
+                f"{nbytes / 1e6:.0f} MB, {cfg.rollout.sync_bucket_mb} MiB buckets"
+            )
             rows += [
                 (f"{label}: sync time", median, "s", what),
                 (f"{label}: sync throughput", nbytes / median / 1e9, "GB/s", "bytes / median sync time"),
                 (f"{label}: engine side", last["total_s"], "s", "last sync, in the engine actor"),
-                (f"{label}:   receiving", last["receive_s"], "s", "waiting on the broadcast group (incl. sender)"),
-                (f"{label}:   vLLM loading", last["total_s"] - last["receive_s"], "s",
-                 "reload_weights: per-layer copy + CPU GEMM repack"),
+                (
+                    f"{label}:   receiving",
+                    last["receive_s"],
+                    "s",
+                    "waiting on the broadcast group (incl. sender)",
+                ),
+                (
+                    f"{label}:   vLLM loading",
+                    last["total_s"] - last["receive_s"],
+                    "s",
+                    "reload_weights: per-layer copy + CPU GEMM repack",
+                ),
                 (f"{label}: torch copy", copy, "s", "dst.copy_(src), same bytes, one process (best of 5)"),
                 (f"{label}: sync / copy", median / copy, "x", "the figure: transport + load overhead"),
             ]

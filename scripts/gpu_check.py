@@ -59,19 +59,43 @@ LOGPROB_TOL = {"mean_abs": 0.01, "max_abs": 0.25}
 PPO_RTOL = 1e-4  # fp32 on both sides; TF32 is off, so only summation order differs
 
 QWEN25_05B = {  # Qwen2.5-0.5B's config.json, less the hub-only fields
-    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
-    "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "initializer_range": 0.02,
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1_000_000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
 }
 TINY_QWEN2 = {
-    "model_type": "qwen2", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 256,
-    "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "initializer_range": 0.02,
+    "model_type": "qwen2",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 2048,
+    "max_position_embeddings": 256,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
 }
 
 
-CHECKS = ("ppo_gpu_vs_cpu", "train_bf16_zero2", "train_bf16_zero0", "logprob_parity", "weight_sync_pack",
-          "plain_baseline")
+CHECKS = (
+    "ppo_gpu_vs_cpu",
+    "train_bf16_zero2",
+    "train_bf16_zero0",
+    "logprob_parity",
+    "weight_sync_pack",
+    "plain_baseline",
+)
 
 
 @dataclass(frozen=True)
@@ -87,10 +111,26 @@ class Size:
 
 
 SIZES = {
-    "gpu": Size(QWEN25_05B, prompt_len=512, response_len=1024, micro_batch=8, global_batch=32,
-                warmup_steps=2, timed_steps=5, lr=2e-5),
-    "cpu": Size(TINY_QWEN2, prompt_len=16, response_len=32, micro_batch=2, global_batch=4,
-                warmup_steps=1, timed_steps=2, lr=1e-3),
+    "gpu": Size(
+        QWEN25_05B,
+        prompt_len=512,
+        response_len=1024,
+        micro_batch=8,
+        global_batch=32,
+        warmup_steps=2,
+        timed_steps=5,
+        lr=2e-5,
+    ),
+    "cpu": Size(
+        TINY_QWEN2,
+        prompt_len=16,
+        response_len=32,
+        micro_batch=2,
+        global_batch=4,
+        warmup_steps=1,
+        timed_steps=2,
+        lr=1e-3,
+    ),
 }
 
 
@@ -139,8 +179,13 @@ def rollout_examples(n: int, prompt_len: int, response_len: int, vocab: int, see
     out = []
     for _ in range(n):
         ids = torch.randint(16, vocab, (prompt_len + response_len,), generator=g).tolist()
-        out.append({"prompt_ids": ids[:prompt_len], "response_ids": ids[prompt_len:],
-                    "advantages": [1.0] * response_len})
+        out.append(
+            {
+                "prompt_ids": ids[:prompt_len],
+                "response_ids": ids[prompt_len:],
+                "advantages": [1.0] * response_len,
+            }
+        )
     return out
 
 
@@ -148,9 +193,14 @@ def policy_learner(model_dir: str, size: Size, zero_stage: int, precision: str, 
     from tandem.config import LearnerConfig
     from tandem.learners.ppo import PolicyLearner
 
-    cfg = LearnerConfig(world_size=1, zero_stage=zero_stage, precision=precision,
-                        micro_batch_size=size.micro_batch, global_batch_size=size.global_batch,
-                        optim={"lr": size.lr, "warmup_steps": 0, "min_lr_ratio": 1.0, "weight_decay": 0.0})
+    cfg = LearnerConfig(
+        world_size=1,
+        zero_stage=zero_stage,
+        precision=precision,
+        micro_batch_size=size.micro_batch,
+        global_batch_size=size.global_batch,
+        optim={"lr": size.lr, "warmup_steps": 0, "min_lr_ratio": 1.0, "weight_decay": 0.0},
+    )
     learner = PolicyLearner(cfg, model_dir, total_steps, seed=0)
     learner.setup()
     return learner
@@ -164,15 +214,17 @@ def _mean(rows: list[list[float]]) -> float:
 # -- the checks -----------------------------------------------------------------------------------
 
 
-def check_train(model_dir: str, size: Size, zero_stage: int, peak_tflops: float | None,
-                profile_to: Path | None = None) -> tuple[dict, Any]:
+def check_train(
+    model_dir: str, size: Size, zero_stage: int, peak_tflops: float | None, profile_to: Path | None = None
+) -> tuple[dict, Any]:
     """PPO steps in bf16; returns (figures, the learner, kept for the checks that follow). With
     `profile_to`, one more step runs under torch's profiler and its busiest kernels go to that file."""
     steps = size.warmup_steps + size.timed_steps
     learner = policy_learner(model_dir, size, zero_stage, "bf16", steps)
     n_params = sum(p.numel() for p in learner.model.parameters())
-    batch = rollout_examples(size.global_batch, size.prompt_len, size.response_len,
-                             learner.model.config.vocab_size, seed=1)
+    batch = rollout_examples(
+        size.global_batch, size.prompt_len, size.response_len, learner.model.config.vocab_size, seed=1
+    )
     seconds, losses, first_logprob = [], [], None
     for step in range(steps):
         old = learner.logprobs(batch)  # pi_old = the current policy, as at PPO's first minibatch
@@ -193,11 +245,18 @@ def check_train(model_dir: str, size: Size, zero_stage: int, peak_tflops: float 
     tokens = size.global_batch * (size.prompt_len + size.response_len)
     step_s = sum(seconds) / len(seconds)
     figures = {
-        "params": n_params, "tokens_per_step": tokens, "step_s": step_s, "tokens_per_s": tokens / step_s,
+        "params": n_params,
+        "tokens_per_step": tokens,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
         "achieved_tflops": 6 * n_params * tokens / step_s / 1e12,
         "mfu": 6 * n_params * tokens / step_s / (peak_tflops * 1e12) if peak_tflops else None,
-        "losses": losses, "mean_logprob_before": first_logprob, "mean_logprob_after": last_logprob,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if learner.device.type == "cuda" else None,
+        "losses": losses,
+        "mean_logprob_before": first_logprob,
+        "mean_logprob_after": last_logprob,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30
+        if learner.device.type == "cuda"
+        else None,
     }
     figures["ok"] = last_logprob > first_logprob  # advantages of +1: the updates must raise them
     return figures, learner
@@ -246,10 +305,15 @@ def check_plain_baseline(model_dir: str, size: Size, peak_tflops: float | None) 
     n_params = sum(p.numel() for p in model.parameters())
     tokens, step_s = ids.numel(), sum(seconds) / len(seconds)
     del model, optimizer
-    return {"params": n_params, "tokens_per_step": tokens, "step_s": step_s, "tokens_per_s": tokens / step_s,
-            "achieved_tflops": 6 * n_params * tokens / step_s / 1e12,
-            "mfu": 6 * n_params * tokens / step_s / (peak_tflops * 1e12) if peak_tflops else None,
-            "ok": math.isfinite(loss.item())}
+    return {
+        "params": n_params,
+        "tokens_per_step": tokens,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "achieved_tflops": 6 * n_params * tokens / step_s / 1e12,
+        "mfu": 6 * n_params * tokens / step_s / (peak_tflops * 1e12) if peak_tflops else None,
+        "ok": math.isfinite(loss.item()),
+    }
 
 
 def plain_logprobs(model: Any, examples: list[dict], device: torch.device) -> list[list[float]]:
@@ -268,8 +332,9 @@ def check_logprob_parity(learner: Any, size: Size) -> dict:
     """The learner's logprobs against transformers' on the weights the learner saves."""
     from transformers import AutoModelForCausalLM
 
-    examples = rollout_examples(min(8, size.global_batch), size.prompt_len, size.response_len,
-                                learner.model.config.vocab_size, seed=2)
+    examples = rollout_examples(
+        min(8, size.global_batch), size.prompt_len, size.response_len, learner.model.config.vocab_size, seed=2
+    )
     ours = learner.logprobs(examples)
     with tempfile.TemporaryDirectory() as saved:
         learner.save_model(saved)
@@ -284,11 +349,17 @@ def check_logprob_parity(learner: Any, size: Size) -> dict:
     values = [v for row in ours for v in row]
     mean = sum(values) / len(values)
     figures = {
-        "tokens": len(diffs), "mean_abs": sum(diffs) / len(diffs), "max_abs": max(diffs),
-        "tolerance": LOGPROB_TOL, "logprob_std": (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5,
-        "vs_fp32_mean_abs": sum(fp32_diffs) / len(fp32_diffs), "vs_fp32_max_abs": max(fp32_diffs),
+        "tokens": len(diffs),
+        "mean_abs": sum(diffs) / len(diffs),
+        "max_abs": max(diffs),
+        "tolerance": LOGPROB_TOL,
+        "logprob_std": (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5,
+        "vs_fp32_mean_abs": sum(fp32_diffs) / len(fp32_diffs),
+        "vs_fp32_max_abs": max(fp32_diffs),
     }
-    figures["ok"] = figures["mean_abs"] <= LOGPROB_TOL["mean_abs"] and figures["max_abs"] <= LOGPROB_TOL["max_abs"]
+    figures["ok"] = (
+        figures["mean_abs"] <= LOGPROB_TOL["mean_abs"] and figures["max_abs"] <= LOGPROB_TOL["max_abs"]
+    )
     return figures
 
 
@@ -299,8 +370,16 @@ def tiny_ppo_step() -> dict[str, float]:
     everything is seeded on the CPU, so every device sees the same inputs."""
     from tandem.models import resolve_model
 
-    size = Size(TINY_QWEN2, prompt_len=12, response_len=20, micro_batch=4, global_batch=8,
-                warmup_steps=0, timed_steps=1, lr=1e-3)
+    size = Size(
+        TINY_QWEN2,
+        prompt_len=12,
+        response_len=20,
+        micro_batch=4,
+        global_batch=8,
+        warmup_steps=0,
+        timed_steps=1,
+        lr=1e-3,
+    )
     learner = policy_learner(resolve_model("tiny-qwen2"), size, zero_stage=0, precision="fp32", total_steps=1)
     examples = rollout_examples(8, 12, 20, learner.model.config.vocab_size, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -313,16 +392,33 @@ def tiny_ppo_step() -> dict[str, float]:
 
 def check_ppo_against_cpu(on_gpu: bool) -> dict:
     """`tiny_ppo_step` here and in a CPU-only child process."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(_free_port())}
-    child = subprocess.run([sys.executable, __file__, "--part", "tiny-ppo"], env=env, capture_output=True, check=False,
-                           text=True, timeout=600)
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "DS_ACCELERATOR": "cpu",
+        "MASTER_PORT": str(_free_port()),
+    }
+    child = subprocess.run(
+        [sys.executable, __file__, "--part", "tiny-ppo"],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     if child.returncode:
         raise RuntimeError(f"CPU child failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
     cpu = json.loads(child.stdout.strip().splitlines()[-1])
     here = tiny_ppo_step()
     rel = {k: abs(here[k] - cpu[k]) / max(abs(cpu[k]), 1e-12) for k in cpu}
-    return {"device": "cuda" if on_gpu else "cpu (dry run)", "here": here, "cpu": cpu, "rel_diff": rel,
-            "rtol": PPO_RTOL, "ok": set(here) == set(cpu) and all(r <= PPO_RTOL for r in rel.values())}
+    return {
+        "device": "cuda" if on_gpu else "cpu (dry run)",
+        "here": here,
+        "cpu": cpu,
+        "rel_diff": rel,
+        "rtol": PPO_RTOL,
+        "ok": set(here) == set(cpu) and all(r <= PPO_RTOL for r in rel.values()),
+    }
 
 
 def check_weight_sync(learner: Any, bucket_mb: int = 256) -> dict:
@@ -346,15 +442,24 @@ def check_weight_sync(learner: Any, bucket_mb: int = 256) -> dict:
             same = same and torch.equal(sent.reshape(-1).view(torch.uint8), got.reshape(-1).view(torch.uint8))
             mismatched += not same
             n_tensors, n_bytes = n_tensors + 1, n_bytes + sent.numel() * sent.element_size()
-    store = torch.distributed.TCPStore("127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False)
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False
+    )
     group = BroadcastGroup("127.0.0.1", store.port, rank=0, world_size=1, timeout_s=120)
     started = time.perf_counter()
     sent_bytes = sum(send_bucket(group, pairs) for pairs in iter_full_parameters(learner, bucket_mb))
     end_stream(group)
     _sync(learner.device)
-    return {"tensors": n_tensors, "bytes": n_bytes, "mismatched": mismatched, "pack_unpack_gb_per_s":
-            n_bytes / pack_s / 1e9, "group_backend": group.backend, "group_sent_bytes": sent_bytes,
-            "group_send_s": time.perf_counter() - started, "ok": mismatched == 0 and sent_bytes == n_bytes}
+    return {
+        "tensors": n_tensors,
+        "bytes": n_bytes,
+        "mismatched": mismatched,
+        "pack_unpack_gb_per_s": n_bytes / pack_s / 1e9,
+        "group_backend": group.backend,
+        "group_sent_bytes": sent_bytes,
+        "group_send_s": time.perf_counter() - started,
+        "ok": mismatched == 0 and sent_bytes == n_bytes,
+    }
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -372,7 +477,9 @@ def _run(results: dict, name: str, fn: Callable[[], Any]) -> Any:
         figures = {"ok": False, "error": f"{type(err).__name__}: {err}"}
     figures["seconds"] = time.perf_counter() - started
     results["checks"][name] = figures
-    print(f"[gpu-check] {name}: {'ok' if figures['ok'] else 'FAILED'} ({figures['seconds']:.1f} s)", flush=True)
+    print(
+        f"[gpu-check] {name}: {'ok' if figures['ok'] else 'FAILED'} ({figures['seconds']:.1f} s)", flush=True
+    )
     return extra
 
 
@@ -388,42 +495,58 @@ def environment(on_gpu: bool) -> dict:
     import deepspeed
     import transformers
 
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
-           "device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "date": time.strftime("%Y-%m-%d")}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+        "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     env["peak_bf16_tflops"] = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in env["device"]), None)
     return env
 
 
 def print_table(results: dict) -> None:
     env, checks = results["environment"], results["checks"]
-    print(f"\ngpu-check on {env['device']} (torch {env['torch']}, transformers {env['transformers']}, "
-          f"deepspeed {env['deepspeed']})")
+    print(
+        f"\ngpu-check on {env['device']} (torch {env['torch']}, transformers {env['transformers']}, "
+        f"deepspeed {env['deepspeed']})"
+    )
     for name, c in checks.items():
         if "error" in c:
             line = c["error"].splitlines()[0][:100]
         elif name.startswith("train") or name == "plain_baseline":
             mfu = f", MFU {c['mfu']:.1%}" if c["mfu"] is not None else ""
-            line = (f"{c['params'] / 1e6:.0f}M params, {c['tokens_per_s']:,.0f} tokens/s, "
-                    f"{c['achieved_tflops']:.1f} TFLOP/s{mfu}")
+            line = (
+                f"{c['params'] / 1e6:.0f}M params, {c['tokens_per_s']:,.0f} tokens/s, "
+                f"{c['achieved_tflops']:.1f} TFLOP/s{mfu}"
+            )
             if name.startswith("train"):
                 line += f"; logprob {c['mean_logprob_before']:.3f} -> {c['mean_logprob_after']:.3f}"
         elif name == "logprob_parity":
-            line = (f"mean |d| {c['mean_abs']:.2e}, max |d| {c['max_abs']:.2e} nats over {c['tokens']} tokens "
-                    f"(tol {c['tolerance']['mean_abs']}/{c['tolerance']['max_abs']}; vs fp32 mean "
-                    f"{c['vs_fp32_mean_abs']:.2e})")
+            line = (
+                f"mean |d| {c['mean_abs']:.2e}, max |d| {c['max_abs']:.2e} nats over {c['tokens']} tokens "
+                f"(tol {c['tolerance']['mean_abs']}/{c['tolerance']['max_abs']}; vs fp32 mean "
+                f"{c['vs_fp32_mean_abs']:.2e})"
+            )
         elif name == "ppo_gpu_vs_cpu":
             line = ", ".join(f"{k} {c['here'][k]:.6g} vs {c['cpu'][k]:.6g}" for k in c["cpu"])
         else:
-            line = (f"{c['tensors']} tensors, {c['bytes'] / 2**20:.0f} MiB bit-exact, "
-                    f"{c['pack_unpack_gb_per_s']:.1f} GB/s; {c['group_backend']} send {c['group_send_s']:.2f} s")
+            line = (
+                f"{c['tensors']} tensors, {c['bytes'] / 2**20:.0f} MiB bit-exact, "
+                f"{c['pack_unpack_gb_per_s']:.1f} GB/s; {c['group_backend']} send {c['group_send_s']:.2f} s"
+            )
         print(f"  {'ok ' if c['ok'] else 'BAD'} {name:<16} {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="the same checks at tiny size on the CPU")
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "runs" / "gpu-check"),
-                        help="folder for gpu_check.json")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(REPO / "runs" / "gpu-check"),
+        help="folder for gpu_check.json",
+    )
     parser.add_argument("--part", choices=["tiny-ppo"], help=argparse.SUPPRESS)  # the CPU child
     args = parser.parse_args(argv)
     os.environ.setdefault("TANDEM_CACHE", os.path.expanduser("~/.cache/tandem"))
@@ -452,8 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         learner = _run(results, "train_bf16_zero2", lambda: check_train(model_dir, size, 2, peak))
         if learner is not None:
             _free(learner)
-        learner = _run(results, "train_bf16_zero0",
-                       lambda: check_train(model_dir, size, 0, peak, profile_to=out / "profile_zero0.txt"))
+        learner = _run(
+            results,
+            "train_bf16_zero0",
+            lambda: check_train(model_dir, size, 0, peak, profile_to=out / "profile_zero0.txt"),
+        )
         if learner is not None:
             _run(results, "logprob_parity", lambda: check_logprob_parity(learner, size))
             _run(results, "weight_sync_pack", lambda: check_weight_sync(learner))
@@ -463,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(f"\n{'all checks passed' if results['ok'] else 'SOME CHECKS FAILED'}; figures in {out / 'gpu_check.json'}")
+    print(
+        f"\n{'all checks passed' if results['ok'] else 'SOME CHECKS FAILED'}; figures in {out / 'gpu_check.json'}"
+    )
     return 0 if results["ok"] else 1
 
 

@@ -16,13 +16,28 @@ from tandem.errors import UserError
 
 # command -> ("module:function", help). Each function takes (cfg: Config, args: Namespace).
 JOB_COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("tandem.recipes.generate:main", "sample from the model with vLLM, print samples and task reward"),
-    "serve-reward": ("tandem.recipes.serve_reward:main", "serve the configured reward model over HTTP (bearer token)"),
-    "sft": ("tandem.recipes.sft:main", "supervised fine-tuning on demonstrations (DeepSpeed learners on Ray)"),
+    "generate": (
+        "tandem.recipes.generate:main",
+        "sample from the model with vLLM, print samples and task reward",
+    ),
+    "serve-reward": (
+        "tandem.recipes.serve_reward:main",
+        "serve the configured reward model over HTTP (bearer token)",
+    ),
+    "sft": (
+        "tandem.recipes.sft:main",
+        "supervised fine-tuning on demonstrations (DeepSpeed learners on Ray)",
+    ),
     "rm": ("tandem.recipes.rm:main", "train a reward model on preference pairs (Bradley-Terry)"),
     "dpo": ("tandem.recipes.dpo:main", "direct preference optimization (DPO or IPO) from an SFT checkpoint"),
-    "ppo": ("tandem.recipes.ppo:main", "PPO / GRPO / RLOO / REINFORCE++ with vLLM rollouts and DeepSpeed learners"),
-    "pipeline": ("tandem.recipes.pipeline:main", "SFT -> reward model -> PPO, then a held-out comparison and plots"),
+    "ppo": (
+        "tandem.recipes.ppo:main",
+        "PPO / GRPO / RLOO / REINFORCE++ with vLLM rollouts and DeepSpeed learners",
+    ),
+    "pipeline": (
+        "tandem.recipes.pipeline:main",
+        "SFT -> reward model -> PPO, then a held-out comparison and plots",
+    ),
 }
 # alias -> command: older names that keep working.
 JOB_ALIASES: dict[str, str] = {"train": "ppo"}
@@ -69,7 +84,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem", description="Distributed RLHF on Ray, vLLM and DeepSpeed.")
+    parser = argparse.ArgumentParser(
+        prog="tandem", description="Distributed RLHF on Ray, vLLM and DeepSpeed."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     config = sub.add_parser("config", help="inspect a job configuration")
@@ -83,8 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         job = sub.add_parser(name, help=help_text, aliases=[a for a, c in JOB_ALIASES.items() if c == name])
         job.add_argument("config", help="YAML job file")
         job.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-        job.add_argument("--resume", metavar="RUN_DIR", default=None,
-                         help="continue the run in RUN_DIR from its latest checkpoint")
+        job.add_argument(
+            "--resume",
+            metavar="RUN_DIR",
+            default=None,
+            help="continue the run in RUN_DIR from its latest checkpoint",
+        )
         job.set_defaults(handler=_run_job)
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster through Ray Jobs")
     submit.add_argument("config", help="YAML job file")

@@ -27,7 +27,7 @@ _WANDB_ID_FILE = "wandb_id"
 
 
 def wandb_mode(cfg: WandbConfig) -> str:
-    """"online", "offline" or "disabled", by the rule in the module docstring."""
+    """ "online", "offline" or "disabled", by the rule in the module docstring."""
     if cfg.mode is not None:
         return cfg.mode
     env = os.environ.get("WANDB_MODE")
@@ -80,7 +80,9 @@ class Tracker:
         self._resume_step = resume_step
         self._tables: set[str] = set()  # tables written by this Tracker (their files are current)
         self.mode = wandb_mode(cfg)
-        self._wandb = None if self.mode == "disabled" else self._init_wandb(cfg, name, job, config, resume_step)
+        self._wandb = (
+            None if self.mode == "disabled" else self._init_wandb(cfg, name, job, config, resume_step)
+        )
 
     def _init_wandb(
         self, cfg: WandbConfig, name: str, job: str, config: dict[str, Any] | None, resume_step: int | None

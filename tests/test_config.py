@@ -39,7 +39,9 @@ def test_overrides_are_yaml_typed_and_win(tmp_path):
 
 
 def test_base_chain_merges_deeply(tmp_path):
-    write(tmp_path, "base.yaml", "learner:\n  zero_stage: 2\n  micro_batch_size: 8\n  global_batch_size: 16\n")
+    write(
+        tmp_path, "base.yaml", "learner:\n  zero_stage: 2\n  micro_batch_size: 8\n  global_batch_size: 16\n"
+    )
     child = write(tmp_path, "child.yaml", "base: base.yaml\nlearner:\n  zero_stage: 3\n")
     cfg = load_config(child)
     assert (cfg.learner.zero_stage, cfg.learner.micro_batch_size) == (3, 8)
@@ -100,10 +102,12 @@ def test_algorithm_names_come_from_the_registries(tmp_path):
     with pytest.raises(UserError) as e:
         load_config(None, bad)
     msg = str(e.value)
-    for key, kind, names in (("ppo.kl_estimator", "KL estimator", "k1, k2, k3"),
-                             ("ppo.kl_controller", "KL controller", "adaptive, fixed"),
-                             ("ppo.policy_loss", "policy loss", "ppo"),
-                             ("dpo.loss", "preference loss", "dpo, ipo")):
+    for key, kind, names in (
+        ("ppo.kl_estimator", "KL estimator", "k1, k2, k3"),
+        ("ppo.kl_controller", "KL controller", "adaptive, fixed"),
+        ("ppo.policy_loss", "policy loss", "ppo"),
+        ("dpo.loss", "preference loss", "dpo, ipo"),
+    ):
         assert f"`{key}` = " in msg and f"(command line): unknown {kind}; choose from {names}" in msg
     cfg = load_config(None, ["ppo.advantage=reinforce++", "ppo.kl_controller=adaptive", "dpo.loss=ipo"])
     assert (cfg.ppo.advantage, cfg.ppo.kl_controller, cfg.dpo.loss) == ("reinforce++", "adaptive", "ipo")
@@ -150,7 +154,11 @@ def test_dump_of_set_values_keeps_what_was_set(tmp_path):
     write(tmp_path, "base.yaml", "learner:\n  micro_batch_size: 8\n")
     cfg = load_config(write(tmp_path, "job.yaml", "base: base.yaml\nppo:\n  steps: 3\n"), ["run.name=x"])
     text = dump_config(cfg, only_set=True)
-    assert yaml.safe_load(text) == {"run": {"name": "x"}, "learner": {"micro_batch_size": 8}, "ppo": {"steps": 3}}
+    assert yaml.safe_load(text) == {
+        "run": {"name": "x"},
+        "learner": {"micro_batch_size": 8},
+        "ppo": {"steps": 3},
+    }
     again = load_config(write(tmp_path, "dump.yaml", text))
     assert again == cfg and again.learner.model_fields_set == {"micro_batch_size"}
 
@@ -172,8 +180,9 @@ def test_every_field_is_documented():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], check=False, capture_output=True, text=True,
-                          cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.cli", *args], check=False, capture_output=True, text=True, cwd=REPO
+    )
 
 
 def test_cli_config_show_prints_resolved_yaml():
@@ -205,6 +214,9 @@ def test_cli_ppo_job_keeps_train_as_an_alias(tmp_path):
 
 def test_checkpoint_retention_is_one_run_key_for_every_job(tmp_path):
     assert load_config(None, ["run.keep_checkpoints=3"]).run.keep_checkpoints == 3
-    with pytest.raises(UserError, match=r"unknown key `train.keep_checkpoints`.*"
-                                        r"did you mean `run.keep_checkpoints`"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown key `train.keep_checkpoints`.*"
+        r"did you mean `run.keep_checkpoints`",
+    ):
         load_config(None, ["train.keep_checkpoints=3"])

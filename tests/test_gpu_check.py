@@ -15,14 +15,25 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(tmp_path)], capture_output=True, check=False,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cpu", "--out", str(tmp_path)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "all checks passed" in done.stdout
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = results["checks"]
-    assert set(checks) == {"ppo_gpu_vs_cpu", "train_bf16_zero0", "train_bf16_zero2", "logprob_parity",
-                           "weight_sync_pack", "plain_baseline"}
+    assert set(checks) == {
+        "ppo_gpu_vs_cpu",
+        "train_bf16_zero0",
+        "train_bf16_zero2",
+        "logprob_parity",
+        "weight_sync_pack",
+        "plain_baseline",
+    }
     assert all(c["ok"] for c in checks.values())
     for stage in ("train_bf16_zero0", "train_bf16_zero2"):
         c = checks[stage]

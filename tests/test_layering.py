@@ -42,14 +42,18 @@ def test_no_sideways_imports(package: str, forbidden: tuple[str, ...]) -> None:
     folder = PACKAGE.joinpath(*package.split(".")[1:])
     modules = sorted(folder.rglob("*.py"))
     assert modules, f"no modules under {folder}"
-    bad = {str(m.relative_to(PACKAGE.parent)): sorted(n for n in imported_modules(m) if _breaks(n, forbidden))
-           for m in modules}
+    bad = {
+        str(m.relative_to(PACKAGE.parent)): sorted(n for n in imported_modules(m) if _breaks(n, forbidden))
+        for m in modules
+    }
     assert not {k: v for k, v in bad.items() if v}
 
 
 def test_the_check_sees_lazy_and_from_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("import os\nfrom tandem import data\n\ndef f():\n    from tandem.learners.sft import x\n")
+    module.write_text(
+        "import os\nfrom tandem import data\n\ndef f():\n    from tandem.learners.sft import x\n"
+    )
     names = imported_modules(module)
     assert _breaks("tandem.learners.sft", ("tandem.learners",)) and "tandem.learners.sft" in names
     assert "tandem.data" in names and not _breaks("tandem.database", ("tandem.data",))
@@ -57,6 +61,9 @@ def test_the_check_sees_lazy_and_from_imports(tmp_path: Path) -> None:
 
 def test_no_module_over_400_lines():
     """Small files (STYLE.md): a module past 400 lines holds more than one concern; split it."""
-    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 400}
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
     assert not long, long

@@ -22,8 +22,12 @@ class HttpRewardError(RuntimeError):
 
 
 def _request(url: str, body: bytes, token: str) -> urllib.request.Request:
-    return urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    return urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:
@@ -69,7 +73,8 @@ def post_rewards(
             raise HttpRewardError(f"{url}: the response is not JSON: {err}") from None
         else:
             if not isinstance(payload, dict) or not isinstance(payload.get("rewards"), list):
-                raise HttpRewardError(f"{url}: expected a JSON object with a 'rewards' list, "
-                                      f"got {str(payload)[:200]}")
+                raise HttpRewardError(
+                    f"{url}: expected a JSON object with a 'rewards' list, got {str(payload)[:200]}"
+                )
             return payload["rewards"]
     raise HttpRewardError(f"{url}: failed after {retries + 1} attempts; last error: {last}")

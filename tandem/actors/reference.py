@@ -24,16 +24,22 @@ class ReferenceModel:
         self.pad_id = load_tokenizer(path).pad_token_id
         self.batch_size = batch_size
 
-    def logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
-                 ) -> list[list[float]]:
+    def logprobs(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
         """log p_ref(response[t] | prompt, response[:t]) for every response token of every sequence."""
         from tandem.models.tokens import response_logprobs
 
         return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.batch_size)
 
 
-def make_reference_actor(cfg: Config, path: str | None = None, cpus: float | None = None,
-                         gpus: float | None = None, placement: tuple[Any, int] | None = None) -> Any:
+def make_reference_actor(
+    cfg: Config,
+    path: str | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    placement: tuple[Any, int] | None = None,
+) -> Any:
     """Start the reference actor for the policy at `path` (default: `cfg.model.path`), in the
     engines' dtype (`model.dtype`), placed and batched by the `reference` section (`cpus`/`gpus`
     override it; `placement` = (placement group, bundle index) colocates it there)."""
@@ -43,6 +49,9 @@ def make_reference_actor(cfg: Config, path: str | None = None, cpus: float | Non
 
     ref = cfg.reference
     actor = ray.remote(ReferenceModel).options(
-        num_cpus=ref.cpus if cpus is None else cpus, num_gpus=ref.gpus if gpus is None else gpus,
-        **placement_options(ref.resources, placement), runtime_env={"env_vars": worker_env()})
+        num_cpus=ref.cpus if cpus is None else cpus,
+        num_gpus=ref.gpus if gpus is None else gpus,
+        **placement_options(ref.resources, placement),
+        runtime_env={"env_vars": worker_env()},
+    )
     return actor.remote(path or cfg.model.path, cfg.model.dtype, ref.batch_size)

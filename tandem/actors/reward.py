@@ -39,13 +39,17 @@ def check_values(values: Any, n: int, what: str) -> list[float]:
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError) as err:
-        raise RewardError(f"{what} must return a list of numbers, got {type(values).__name__}: {err}") from None
+        raise RewardError(
+            f"{what} must return a list of numbers, got {type(values).__name__}: {err}"
+        ) from None
     if len(values) != n:
         raise RewardError(f"{what} returned {len(values)} values for {n} samples")
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
-        raise RewardError(f"{what} returned a non-finite value ({values[bad[0]]}) for sample {bad[0]} "
-                          f"({len(bad)} of {n} samples)")
+        raise RewardError(
+            f"{what} returned a non-finite value ({values[bad[0]]}) for sample {bad[0]} "
+            f"({len(bad)} of {n} samples)"
+        )
     return values
 
 
@@ -55,7 +59,9 @@ class _Function:
 
         if spec == "task":
             if task is None:
-                raise UserError('reward function "task" needs `data.task` (the built-in task whose true reward it is)')
+                raise UserError(
+                    'reward function "task" needs `data.task` (the built-in task whose true reward it is)'
+                )
             self.fn = task_reward(task)
         else:
             self.fn = load_reward_fn(spec)
@@ -70,7 +76,9 @@ class _Model:
     """An HF reward model as `tandem rm` saves it. Input = chat-templated prompt + response tokens +
     EOS (`tandem.data.chat`), right-padded: the same rows the reward learner trained on."""
 
-    def __init__(self, path: str, dtype: str, batch_size: int, max_prompt_len: int, max_response_len: int) -> None:
+    def __init__(
+        self, path: str, dtype: str, batch_size: int, max_prompt_len: int, max_response_len: int
+    ) -> None:
         import torch
 
         from tandem.models import load_reward_model, load_tokenizer
@@ -87,13 +95,21 @@ class _Model:
         from tandem.data.chat import prompt_ids, response_ids
         from tandem.models.tokens import pad_rows, truncate
 
-        rows = [truncate(prompt_ids(self.tokenizer, p), response_ids(self.tokenizer, r),
-                         self.max_prompt_len, self.max_response_len + 1)  # +1: the EOS
-                for p, r in zip(prompts, responses)]
+        rows = [
+            truncate(
+                prompt_ids(self.tokenizer, p),
+                response_ids(self.tokenizer, r),
+                self.max_prompt_len,
+                self.max_response_len + 1,
+            )  # +1: the EOS
+            for p, r in zip(prompts, responses)
+        ]
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
-                batch = pad_rows(rows[start:start + self.batch_size], self.tokenizer.pad_token_id).to(self.device)
+                batch = pad_rows(rows[start : start + self.batch_size], self.tokenizer.pad_token_id).to(
+                    self.device
+                )
                 logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 scores += logits[:, 0].float().cpu().tolist()
         return scores
@@ -108,10 +124,18 @@ class _Http:
 
         token = os.environ.get(self.c.token_env)
         if not token:
-            raise RewardError(f"{_describe(self.c)}: environment variable {self.c.token_env} (the bearer "
-                              "token) is not set")
-        return post_rewards(self.c.path, list(prompts), list(responses), token,
-                            timeout_s=self.c.timeout_s, retries=self.c.retries, backoff_s=self.c.backoff_s)
+            raise RewardError(
+                f"{_describe(self.c)}: environment variable {self.c.token_env} (the bearer token) is not set"
+            )
+        return post_rewards(
+            self.c.path,
+            list(prompts),
+            list(responses),
+            token,
+            timeout_s=self.c.timeout_s,
+            retries=self.c.retries,
+            backoff_s=self.c.backoff_s,
+        )
 
 
 class RewardScorer:
@@ -125,15 +149,24 @@ class RewardScorer:
         dtype, batch_size, max_prompt_len, max_response_len: how reward models run.
     """
 
-    def __init__(self, components: Sequence[RewardComponent], task: str | None = None, rm_path: str | None = None,
-                 dtype: str = "float32", batch_size: int = 64, max_prompt_len: int = 64,
-                 max_response_len: int = 32) -> None:
+    def __init__(
+        self,
+        components: Sequence[RewardComponent],
+        task: str | None = None,
+        rm_path: str | None = None,
+        dtype: str = "float32",
+        batch_size: int = 64,
+        max_prompt_len: int = 64,
+        max_response_len: int = 32,
+    ) -> None:
         if not components:
             raise UserError("`reward.components` is empty: nothing to score with")
         names = [c.name or c.kind for c in components]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise UserError(f"reward components share the metric name(s) {dupes}: give each a distinct `name`")
+            raise UserError(
+                f"reward components share the metric name(s) {dupes}: give each a distinct `name`"
+            )
         self.components = list(components)
         self.names = names
         self._fns = []
@@ -150,8 +183,15 @@ class RewardScorer:
 
     @classmethod
     def from_config(cls, cfg: Config, rm_path: str | None = None) -> RewardScorer:
-        return cls(cfg.reward.components, cfg.data.task, rm_path, cfg.model.dtype, cfg.reward.batch_size,
-                   cfg.model.max_prompt_len, cfg.model.max_response_len)
+        return cls(
+            cfg.reward.components,
+            cfg.data.task,
+            rm_path,
+            cfg.model.dtype,
+            cfg.reward.batch_size,
+            cfg.model.max_prompt_len,
+            cfg.model.max_response_len,
+        )
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> RewardResult:
         """Rewards of a batch; `prompts` are text or chat messages, `responses` decoded text."""
@@ -176,7 +216,9 @@ class RewardScorer:
         return RewardResult(total, parts)
 
 
-def make_reward_actor(cfg: Config, rm_path: str | None = None, placement: tuple[Any, int] | None = None) -> Any:
+def make_reward_actor(
+    cfg: Config, rm_path: str | None = None, placement: tuple[Any, int] | None = None
+) -> Any:
     """Start the reward actor (`RewardScorer` in a Ray actor with `reward.cpus`/`reward.gpus`;
     `placement` = (placement group, bundle index) colocates it there)."""
     import os
@@ -186,10 +228,23 @@ def make_reward_actor(cfg: Config, rm_path: str | None = None, placement: tuple[
     from tandem.cluster.runtime import placement_options, worker_env
 
     # The actor may run on another node: hand it the HTTP components' tokens from the driver's env.
-    tokens = {c.token_env: os.environ[c.token_env] for c in cfg.reward.components
-              if c.kind == "http" and c.token_env in os.environ}
-    actor = ray.remote(RewardScorer).options(num_cpus=cfg.reward.cpus, num_gpus=cfg.reward.gpus,
-                                             **placement_options(cfg.reward.resources, placement),
-                                             runtime_env={"env_vars": {**worker_env(), **tokens}})
-    return actor.remote(cfg.reward.components, cfg.data.task, rm_path, cfg.model.dtype, cfg.reward.batch_size,
-                        cfg.model.max_prompt_len, cfg.model.max_response_len)
+    tokens = {
+        c.token_env: os.environ[c.token_env]
+        for c in cfg.reward.components
+        if c.kind == "http" and c.token_env in os.environ
+    }
+    actor = ray.remote(RewardScorer).options(
+        num_cpus=cfg.reward.cpus,
+        num_gpus=cfg.reward.gpus,
+        **placement_options(cfg.reward.resources, placement),
+        runtime_env={"env_vars": {**worker_env(), **tokens}},
+    )
+    return actor.remote(
+        cfg.reward.components,
+        cfg.data.task,
+        rm_path,
+        cfg.model.dtype,
+        cfg.reward.batch_size,
+        cfg.model.max_prompt_len,
+        cfg.model.max_response_len,
+    )

@@ -52,7 +52,8 @@ class RolloutEngine:
         self.path = resolve_model(model.path)
         on_gpu = cuda_available()
         memory: dict[str, Any] = (
-            {"gpu_memory_utilization": rollout.gpu_memory_utilization} if on_gpu
+            {"gpu_memory_utilization": rollout.gpu_memory_utilization}
+            if on_gpu
             else {"kv_cache_memory_bytes": rollout.kv_cache_mb << 20}
         )
         if rollout.tensor_parallel_size > 1:
@@ -79,8 +80,9 @@ class RolloutEngine:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _sampling(self, n: int, greedy: bool, max_tokens: int | None, temperature: float | None,
-                  seed: int | None = None) -> Any:
+    def _sampling(
+        self, n: int, greedy: bool, max_tokens: int | None, temperature: float | None, seed: int | None = None
+    ) -> Any:
         from vllm import SamplingParams
 
         s = self.rollout_cfg.sampling
@@ -95,9 +97,16 @@ class RolloutEngine:
             seed=seed,
         )
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False,
-                 max_tokens: int | None = None, temperature: float | None = None,
-                 seed: int | None = None, index_offset: int = 0) -> list[Sample]:
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        n: int = 1,
+        greedy: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        index_offset: int = 0,
+    ) -> list[Sample]:
         """`n` samples per prompt, prompt-major (prompt 0's samples first), with their logprobs.
 
         `seed` makes sampling reproducible: prompt i (counted from `index_offset`, its index in the
@@ -108,15 +117,19 @@ class RolloutEngine:
         prompts = [list(p)[-limit:] for p in prompt_token_ids]  # truncate from the left
         params: Any = self._sampling(n, greedy, max_tokens, temperature)
         if seed is not None and not greedy:
-            params = [self._sampling(n, greedy, max_tokens, temperature, seed + (index_offset + i) * n)
-                      for i in range(len(prompts))]
+            params = [
+                self._sampling(n, greedy, max_tokens, temperature, seed + (index_offset + i) * n)
+                for i in range(len(prompts))
+            ]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = []
         for index, (prompt, out) in enumerate(zip(prompts, outputs), start=index_offset):
             for completion in out.outputs:
                 ids = list(completion.token_ids)
                 logprobs = [position[tok].logprob for tok, position in zip(ids, completion.logprobs)]
-                samples.append(Sample(prompt, ids, logprobs, "", str(completion.finish_reason), self.version, index))
+                samples.append(
+                    Sample(prompt, ids, logprobs, "", str(completion.finish_reason), self.version, index)
+                )
         # Decoded in one batch here rather than by vLLM's incremental detokenizer, which holds back a
         # trailing partial UTF-8 character: the text must be exactly what the tokens say, since
         # reward models re-tokenize it.
@@ -125,15 +138,21 @@ class RolloutEngine:
             sample.response_text = text
         return samples
 
-    def generate_text(self, prompts: Sequence[str | Sequence[Mapping[str, Any]]], n: int = 1,
-                      greedy: bool = True, **kwargs: Any) -> list[Sample]:
+    def generate_text(
+        self,
+        prompts: Sequence[str | Sequence[Mapping[str, Any]]],
+        n: int = 1,
+        greedy: bool = True,
+        **kwargs: Any,
+    ) -> list[Sample]:
         """Render prompts (text or chat messages) with the chat template, then `generate`."""
         from tandem.data.chat import prompt_ids
 
         return self.generate([prompt_ids(self.tokenizer, p) for p in prompts], n=n, greedy=greedy, **kwargs)
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
-              ) -> list[list[float]]:
+    def score(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
         """Logprobs of given responses under the engine's current weights: one list per sequence,
         one value per response token (the layout of `Sample.logprobs`). Uses prompt logprobs."""
         from vllm import SamplingParams
@@ -143,7 +162,7 @@ class RolloutEngine:
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         result = []
         for out, response in zip(outputs, response_ids):
-            tail = list(zip(response, out.prompt_logprobs[len(out.prompt_logprobs) - len(response):]))
+            tail = list(zip(response, out.prompt_logprobs[len(out.prompt_logprobs) - len(response) :]))
             result.append([position[tok].logprob for tok, position in tail])
         return result
 
@@ -153,10 +172,12 @@ class RolloutEngine:
         """Ranks this engine takes in the weight broadcast group (one per tensor-parallel worker)."""
         return self.rollout_cfg.tensor_parallel_size
 
-    def init_weight_sync(self, master_addr: str, master_port: int, rank_offset: int, world_size: int,
-                         timeout_s: float = 300.0) -> None:
-        self.llm.collective_rpc("tandem_init_weight_sync",
-                                args=(master_addr, master_port, rank_offset, world_size, timeout_s))
+    def init_weight_sync(
+        self, master_addr: str, master_port: int, rank_offset: int, world_size: int, timeout_s: float = 300.0
+    ) -> None:
+        self.llm.collective_rpc(
+            "tandem_init_weight_sync", args=(master_addr, master_port, rank_offset, world_size, timeout_s)
+        )
 
     def receive_weights(self) -> int:
         """Load one weight stream from the learner; returns the new weight version. Timings of the
@@ -167,15 +188,25 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         self.version += 1
         self.last_sync = {**stats, "total_s": time.perf_counter() - started}
-        logger.info("weights v%d: %d tensors, %.1f MB in %.3f s (%.3f s receiving)", self.version,
-                    stats["tensors"], stats["bytes"] / 1e6, self.last_sync["total_s"], stats["receive_s"])
+        logger.info(
+            "weights v%d: %d tensors, %.1f MB in %.3f s (%.3f s receiving)",
+            self.version,
+            stats["tensors"],
+            stats["bytes"] / 1e6,
+            self.last_sync["total_s"],
+            stats["receive_s"],
+        )
         return self.version
 
     def info(self) -> dict[str, Any]:
         """Model path, startup seconds, weight version and the last sync's numbers (tensors, bytes,
         total_s, receive_s: the rest is vLLM's loading), for the driver's logs."""
-        return {"path": self.path, "startup_s": self.startup_s, "weight_version": self.version,
-                "last_sync": self.last_sync}
+        return {
+            "path": self.path,
+            "startup_s": self.startup_s,
+            "weight_version": self.version,
+            "last_sync": self.last_sync,
+        }
 
 
 def _split(n_items: int, n_parts: int) -> list[tuple[int, int]]:
@@ -207,8 +238,12 @@ class RolloutGroup:
         self.engines, self._pgs = [], []
         try:
             for i in range(r.num_engines):
-                options: dict[str, Any] = {"num_cpus": r.cpus_per_engine, "num_gpus": r.gpus_per_engine,
-                                           "resources": dict(r.resources), "runtime_env": {"env_vars": worker_env()}}
+                options: dict[str, Any] = {
+                    "num_cpus": r.cpus_per_engine,
+                    "num_gpus": r.gpus_per_engine,
+                    "resources": dict(r.resources),
+                    "runtime_env": {"env_vars": worker_env()},
+                }
                 if r.tensor_parallel_size > 1:
                     options.update(self._tensor_parallel_options(r))
                 # Engine seeds differ so unseeded engines do not draw the same samples.
@@ -229,7 +264,9 @@ class RolloutGroup:
         pg = placement_group(bundles, strategy="STRICT_PACK")
         ray.get(pg.ready())
         self._pgs.append(pg)
-        strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_capture_child_tasks=True)
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_capture_child_tasks=True
+        )
         return {"num_gpus": 0, "num_cpus": 0, "resources": {}, "scheduling_strategy": strategy}
 
     def wait_ready(self) -> list[dict[str, Any]]:
@@ -247,15 +284,20 @@ class RolloutGroup:
         for engine, (a, b) in zip(self.engines, parts):
             # generate* number prompts (and derive seeds) from the slice's place in the whole request
             offset = {"index_offset": a} if method.startswith("generate") else {}
-            refs.append(getattr(engine, method).remote(items[a:b], *(x[a:b] for x in extra), **kwargs, **offset))
+            refs.append(
+                getattr(engine, method).remote(items[a:b], *(x[a:b] for x in extra), **kwargs, **offset)
+            )
         return [item for chunk in ray.get(refs) for item in chunk]
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False,
-                 **kwargs: Any) -> list[Sample]:
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False, **kwargs: Any
+    ) -> list[Sample]:
         """`n` samples per prompt over all engines, prompt-major in the order of `prompt_token_ids`."""
         return self._fan_out("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs)
 
-    def generate_text(self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any) -> list[Sample]:
+    def generate_text(
+        self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any
+    ) -> list[Sample]:
         return self._fan_out("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
 
     def shutdown(self) -> None:
@@ -266,4 +308,3 @@ class RolloutGroup:
         for pg in getattr(self, "_pgs", []):
             ray.util.remove_placement_group(pg)
         self.engines, self._pgs = [], []
-

@@ -30,8 +30,9 @@ class _QuietExpectedReloadWarnings(logging.Filter):
 class WeightSyncExtension:
     """Join the learner's broadcast group and load the weights streamed over it."""
 
-    def tandem_init_weight_sync(self, master_addr: str, master_port: int, rank_offset: int,
-                                world_size: int, timeout_s: float) -> None:
+    def tandem_init_weight_sync(
+        self, master_addr: str, master_port: int, rank_offset: int, world_size: int, timeout_s: float
+    ) -> None:
         from tandem.cluster.weight_sync import BroadcastGroup
 
         # Every engine owns a contiguous block of group ranks, one per tensor-parallel worker.
@@ -61,8 +62,12 @@ class WeightSyncExtension:
         for _ in stream:  # the loader may stop early; the sender must still see every receive
             pass
         _refresh_tied(self.model_runner.get_model())
-        return {"tensors": stream.count, "bytes": stream.nbytes, "receive_s": stream.wait_s,
-                "total_s": time.perf_counter() - started}
+        return {
+            "tensors": stream.count,
+            "bytes": stream.nbytes,
+            "receive_s": stream.wait_s,
+            "total_s": time.perf_counter() - started,
+        }
 
 
 def _refresh_tied(model: torch.nn.Module) -> None:

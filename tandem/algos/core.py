@@ -124,9 +124,13 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, entropy_grad: bool = Tr
     With ``entropy_grad=False`` (the entropy only a metric) the entropy carries no graph.
     """
     if logits.dtype in (torch.float32, torch.float64):
-        return logprobs_from_logits(logits, labels), entropy_from_logits(logits if entropy_grad else logits.detach())
-    pairs = [_row_logprobs_and_entropy(row.float(), row_labels, entropy_grad)
-             for row, row_labels in zip(logits, labels, strict=True)]
+        return logprobs_from_logits(logits, labels), entropy_from_logits(
+            logits if entropy_grad else logits.detach()
+        )
+    pairs = [
+        _row_logprobs_and_entropy(row.float(), row_labels, entropy_grad)
+        for row, row_labels in zip(logits, labels, strict=True)
+    ]
     return torch.stack([lp for lp, _ in pairs]), torch.stack([h for _, h in pairs])
 
 

@@ -146,10 +146,19 @@ class ActorGroup:
         self.world_size = num_actors
         self.timeout_s = timeout_s
         self._owns_pg = placement_group is None
-        self._pg = placement_group if placement_group is not None else make_placement_group(
-            num_actors, cpus_per_actor, gpus_per_actor, strategy,
-            # Unique: placement-group names are cluster-wide, and jobs may share a cluster.
-            name=f"{role}-{uuid.uuid4().hex[:8]}", timeout_s=ready_timeout_s, resources=resources,
+        self._pg = (
+            placement_group
+            if placement_group is not None
+            else make_placement_group(
+                num_actors,
+                cpus_per_actor,
+                gpus_per_actor,
+                strategy,
+                # Unique: placement-group names are cluster-wide, and jobs may share a cluster.
+                name=f"{role}-{uuid.uuid4().hex[:8]}",
+                timeout_s=ready_timeout_s,
+                resources=resources,
+            )
         )
         self._bundles = list(bundle_indices) if bundle_indices is not None else list(range(num_actors))
         if len(self._bundles) != num_actors:
@@ -204,7 +213,10 @@ class ActorGroup:
         return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
 
     def async_call_per_rank(
-        self, method: str, per_rank_args: Sequence[Sequence[Any]], per_rank_kwargs: Sequence[Mapping] | None = None
+        self,
+        method: str,
+        per_rank_args: Sequence[Sequence[Any]],
+        per_rank_kwargs: Sequence[Mapping] | None = None,
     ) -> list[Any]:
         """Start `method(*per_rank_args[r], **per_rank_kwargs[r])` on each rank r; ObjectRefs."""
         if len(per_rank_args) != self.world_size:
@@ -220,7 +232,10 @@ class ActorGroup:
         return self.collect(self.async_call(method, *args, **kwargs), method, self.timeout_s)
 
     def call_per_rank(
-        self, method: str, per_rank_args: Sequence[Sequence[Any]], per_rank_kwargs: Sequence[Mapping] | None = None
+        self,
+        method: str,
+        per_rank_args: Sequence[Sequence[Any]],
+        per_rank_kwargs: Sequence[Mapping] | None = None,
     ) -> list[Any]:
         """`method` on each rank with that rank's arguments; the results in rank order."""
         refs = self.async_call_per_rank(method, per_rank_args, per_rank_kwargs)
@@ -248,7 +263,9 @@ class ActorGroup:
             if not ready:
                 ranks = sorted(pending.values())
                 raise ActorGroupError(
-                    f"{self.role}: rank(s) {ranks} did not finish {what!r} within {timeout_s:.0f}s", self.role, ranks
+                    f"{self.role}: rank(s) {ranks} did not finish {what!r} within {timeout_s:.0f}s",
+                    self.role,
+                    ranks,
                 )
             for ref in ready:
                 rank = pending.pop(ref)

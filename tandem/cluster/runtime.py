@@ -34,8 +34,15 @@ def setup_env() -> None:
 def worker_env() -> dict[str, str]:
     """The env vars Ray actors get (runtime_env), so workers on other nodes see the same defaults."""
     setup_env()
-    keys = ("RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "HF_DATASETS_OFFLINE",
-            "VLLM_ENABLE_V1_MULTIPROCESSING", "DS_ACCELERATOR", "TANDEM_CACHE", "WANDB_MODE")
+    keys = (
+        "RAY_USAGE_STATS_ENABLED",
+        "TOKENIZERS_PARALLELISM",
+        "HF_DATASETS_OFFLINE",
+        "VLLM_ENABLE_V1_MULTIPROCESSING",
+        "DS_ACCELERATOR",
+        "TANDEM_CACHE",
+        "WANDB_MODE",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 

@@ -28,15 +28,22 @@ _DTYPES = {str(t): t for t in (torch.float32, torch.bfloat16, torch.float16, tor
 
 
 def default_backend() -> str:
-    """"nccl" where CUDA is present, else "gloo": every member decides by the same rule."""
+    """ "nccl" where CUDA is present, else "gloo": every member decides by the same rule."""
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 class BroadcastGroup:
     """A process group for broadcasts from rank 0, made without a default group."""
 
-    def __init__(self, master_addr: str, master_port: int, rank: int, world_size: int,
-                 backend: str | None = None, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        master_addr: str,
+        master_port: int,
+        rank: int,
+        world_size: int,
+        backend: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
         self.rank, self.world_size = rank, world_size
         self.backend = backend or default_backend()
         timeout = timedelta(seconds=timeout_s)
@@ -66,8 +73,11 @@ def pack_bucket(pairs: Sequence[tuple[str, torch.Tensor]]) -> tuple[dict[str, An
     dtypes = {t.dtype for _, t in pairs}
     if len(dtypes) != 1:
         raise ValueError(f"a bucket holds one dtype, got {sorted(map(str, dtypes))}")
-    header = {"names": [n for n, _ in pairs], "shapes": [list(t.shape) for _, t in pairs],
-              "dtype": str(dtypes.pop())}
+    header = {
+        "names": [n for n, _ in pairs],
+        "shapes": [list(t.shape) for _, t in pairs],
+        "dtype": str(dtypes.pop()),
+    }
     return header, torch.cat([t.detach().reshape(-1) for _, t in pairs])
 
 
@@ -92,8 +102,9 @@ def end_stream(group: BroadcastGroup) -> None:
     group.broadcast(torch.zeros(1, dtype=torch.int64, device=group.device))
 
 
-def receive_stream(group: BroadcastGroup, device: torch.device | str | None = None
-                   ) -> Iterator[tuple[str, torch.Tensor]]:
+def receive_stream(
+    group: BroadcastGroup, device: torch.device | str | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(name, tensor)` pairs as buckets arrive, until the sender ends the stream.
 
     Lazy on purpose: vLLM's loader consumes it while the sender is still sending, so at most a
@@ -152,8 +163,10 @@ def _get_fail_fast(refs: list[Any], what: str) -> list[Any]:
         try:
             results[order[done[0]]] = ray.get(done[0])
         except Exception as err:
-            raise RuntimeError(f"weight sync failed during {what}; the broadcast group is now unusable "
-                               f"(its members time out and must be recreated): {err}") from err
+            raise RuntimeError(
+                f"weight sync failed during {what}; the broadcast group is now unusable "
+                f"(its members time out and must be recreated): {err}"
+            ) from err
     return results
 
 
@@ -169,8 +182,9 @@ class WeightSync:
     (`ray://`) driver outside the cluster.
     """
 
-    def __init__(self, learners: Sequence[Any], engines: Sequence[Any], bucket_mb: int,
-                 timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, learners: Sequence[Any], engines: Sequence[Any], bucket_mb: int, timeout_s: float = 300.0
+    ) -> None:
         if not learners or not engines:
             raise ValueError("weight sync needs at least one learner and one engine")
         # An ActorGroup (tandem.cluster.groups) or a plain list of rank actors.
@@ -185,8 +199,14 @@ class WeightSync:
         addr = _node_ip()
         # Port 0: the OS picks a free port; held by this object for the group's lifetime (NCCL reads
         # the store lazily at the first collective).
-        self._store = dist.TCPStore(addr, 0, world_size=None, is_master=True,
-                                    timeout=timedelta(seconds=self.timeout_s), wait_for_workers=False)
+        self._store = dist.TCPStore(
+            addr,
+            0,
+            world_size=None,
+            is_master=True,
+            timeout=timedelta(seconds=self.timeout_s),
+            wait_for_workers=False,
+        )
         port = self._store.port
         workers = ray.get([e.num_workers.remote() for e in self.engines])
         world_size = 1 + sum(workers)
@@ -204,4 +224,4 @@ class WeightSync:
         receives = [engine.receive_weights.remote() for engine in self.engines]
         sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
         results = _get_fail_fast(sends + receives, "sync")
-        return results[len(sends):]
+        return results[len(sends) :]

@@ -26,8 +26,11 @@ def _registered(registry: str) -> AfterValidator:
         guess = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         kind = getattr(tandem.algos, registry).kind
-        raise PydanticCustomError("unknown_name", "unknown {kind}; choose from {names}{hint}",
-                                  {"kind": kind, "names": ", ".join(names), "hint": hint})
+        raise PydanticCustomError(
+            "unknown_name",
+            "unknown {kind}; choose from {names}{hint}",
+            {"kind": kind, "names": ", ".join(names), "hint": hint},
+        )
 
     return AfterValidator(check)
 

@@ -33,8 +33,9 @@ def load_records(cfg: Config, kind: str, split: str) -> list[dict]:
         # Held-out demonstrations stay exact: eval/loss measures distance to the right answers.
         error_rate = cfg.data.demo_error_rate if split == "train" else 0.0
         return sft_examples(cfg.data.task, n, seed=cfg.run.seed, split=split, error_rate=error_rate)
-    return preference_pairs(cfg.data.task, n, seed=cfg.run.seed, temperature=cfg.data.preference_temperature,
-                            split=split)
+    return preference_pairs(
+        cfg.data.task, n, seed=cfg.run.seed, temperature=cfg.data.preference_temperature, split=split
+    )
 
 
 def tokenize(tokenizer: Any, records: Sequence[dict], cfg: Config) -> list[dict]:
@@ -55,9 +56,13 @@ class BatchOrder:
     """Which examples (or PPO prompts) make global batch `step`: a seeded shuffle per epoch, the last
     partial batch dropped. A pure function of the step, so the step alone is the data position."""
 
-    def __init__(self, n_examples: int, global_batch: int, epochs: int, max_steps: int | None, seed: int) -> None:
+    def __init__(
+        self, n_examples: int, global_batch: int, epochs: int, max_steps: int | None, seed: int
+    ) -> None:
         if n_examples < global_batch:
-            raise UserError(f"{n_examples} training examples are fewer than one global batch ({global_batch})")
+            raise UserError(
+                f"{n_examples} training examples are fewer than one global batch ({global_batch})"
+            )
         self.n, self.batch, self.seed = n_examples, global_batch, seed
         self.steps_per_epoch = n_examples // global_batch
         self.total_steps = self.steps_per_epoch * epochs

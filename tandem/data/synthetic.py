@@ -52,8 +52,9 @@ def rl_prompts(task: str | Task, n: int, seed: int = 0, split: Split = "train") 
     return [next(gen) for _ in range(n)]
 
 
-def sft_examples(task: str | Task, n: int, seed: int = 0, split: Split = "train",
-                 error_rate: float = 0.0) -> list[dict]:
+def sft_examples(
+    task: str | Task, n: int, seed: int = 0, split: Split = "train", error_rate: float = 0.0
+) -> list[dict]:
     """`n` demonstrations `{"prompt": str, "response": str}` answered by the reference solver.
 
     With `error_rate`, that fraction of the demonstrations carries a slip of the simulated

@@ -134,7 +134,10 @@ class DeepSpeedLearner:
         groups = _param_groups(model, self.cfg.optim.weight_decay)
         opt = self.cfg.optim
         schedule = functools.partial(
-            lr_multiplier, warmup_steps=opt.warmup_steps, total_steps=self.total_steps, min_lr_ratio=opt.min_lr_ratio
+            lr_multiplier,
+            warmup_steps=opt.warmup_steps,
+            total_steps=self.total_steps,
+            min_lr_ratio=opt.min_lr_ratio,
         )
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, fused=on_gpu)
         self.engine, _, _, _ = deepspeed.initialize(
@@ -214,7 +217,11 @@ class DeepSpeedLearner:
         if self.engine.zero_optimization_stage() or self.cfg.precision != "fp32":
             return None
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        return (
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            if grads
+            else 0.0
+        )
 
     @torch.no_grad()
     def eval_loss(self, examples: Sequence[Any]) -> dict[str, float]:
@@ -294,7 +301,10 @@ class DeepSpeedLearner:
     def load(self, path: str) -> None:
         """Restore weights, optimizer, lr schedule and RNG from a `save` checkpoint."""
         load_path, _ = self.engine.load_checkpoint(
-            os.path.join(path, "deepspeed"), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            os.path.join(path, "deepspeed"),
+            tag=DS_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
         )
         if load_path is None:
             raise FileNotFoundError(f"rank {self.rank}: no DeepSpeed checkpoint under {path}/deepspeed")
@@ -335,8 +345,12 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning
+    )
+    warnings.filterwarnings(
+        "ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning
+    )
 
 
 def _seed_everything(seed: int) -> None:

@@ -23,8 +23,13 @@ class DPOLearner(DeepSpeedLearner):
     """
 
     def __init__(
-        self, cfg: LearnerConfig, model_path: str, total_steps: int, seed: int = 0,
-        beta: float = 0.1, loss: str = "dpo",
+        self,
+        cfg: LearnerConfig,
+        model_path: str,
+        total_steps: int,
+        seed: int = 0,
+        beta: float = 0.1,
+        loss: str = "dpo",
     ) -> None:
         super().__init__(cfg, model_path, total_steps, seed)
         self.beta, self.loss_kind = beta, loss
@@ -34,7 +39,9 @@ class DPOLearner(DeepSpeedLearner):
 
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         ref_dtype = "bfloat16" if self.cfg.precision == "bf16" else "float32"
-        self.reference = load_causal_lm(self.model_path, ref_dtype).eval().requires_grad_(False).to(self.device)
+        self.reference = (
+            load_causal_lm(self.model_path, ref_dtype).eval().requires_grad_(False).to(self.device)
+        )
         return load_causal_lm(self.model_path, "float32")
 
     def collate(self, examples: Sequence[dict]) -> TokenBatch:

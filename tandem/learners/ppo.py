@@ -42,7 +42,9 @@ class _RolloutLearner(DeepSpeedLearner):
         return len(example["response_ids"])
 
     def _forward(self, batch: TokenBatch) -> torch.Tensor:
-        return self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return self.engine(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).logits
 
     @torch.no_grad()
     def _score(self, examples: Sequence[dict], fn) -> list[list[float]]:
@@ -68,8 +70,9 @@ class PolicyLearner(_RolloutLearner):
     """The PPO actor: the policy loss registered as `policy_loss` in `tandem.algos` (PPO's clipped
     surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus."""
 
-    def __init__(self, *args, policy_loss: str = "ppo", clip_eps: float = 0.2, entropy_coef: float = 0.0,
-                 **kwargs) -> None:
+    def __init__(
+        self, *args, policy_loss: str = "ppo", clip_eps: float = 0.2, entropy_coef: float = 0.0, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.policy_loss = get_policy_loss(policy_loss)
         self.clip_eps, self.entropy_coef = clip_eps, entropy_coef
@@ -82,9 +85,13 @@ class PolicyLearner(_RolloutLearner):
 
     def logprobs(self, examples: Sequence[dict]) -> list[list[float]]:
         """log pi(response token | context) under the current weights: PPO's pi_old."""
-        return self._score(examples, lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:]))
+        return self._score(
+            examples, lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:])
+        )
 
-    def compute_loss(self, batch: tuple[TokenBatch, list[dict]]) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def compute_loss(
+        self, batch: tuple[TokenBatch, list[dict]]
+    ) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens, examples = batch
         labels, mask = next_token_targets(tokens)
         logits = self._forward(tokens)[:, :-1]  # (B, T-1, V)
@@ -123,7 +130,9 @@ class CriticLearner(_RolloutLearner):
         """V(state before each response token) under the current weights."""
         return self._score(examples, lambda logits, b: logits[:, :-1, 0])
 
-    def compute_loss(self, batch: tuple[TokenBatch, list[dict]]) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def compute_loss(
+        self, batch: tuple[TokenBatch, list[dict]]
+    ) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens, examples = batch
         _, mask = next_token_targets(tokens)
         values = self._forward(tokens)[:, :-1, 0].float()  # (B, T-1)

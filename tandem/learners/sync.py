@@ -19,12 +19,14 @@ from tandem.cluster.weight_sync import BroadcastGroup, end_stream, send_bucket
 _GROUP_ATTR = "_tandem_weight_sync_group"
 
 
-def init_sender(learner: Any, master_addr: str, master_port: int, world_size: int,
-                timeout_s: float = 300.0) -> None:
+def init_sender(
+    learner: Any, master_addr: str, master_port: int, world_size: int, timeout_s: float = 300.0
+) -> None:
     """Join the weight broadcast group as its rank 0 (learner rank 0 only; other ranks: nothing)."""
     if learner.rank == 0:
-        setattr(learner, _GROUP_ATTR, BroadcastGroup(master_addr, master_port, 0, world_size,
-                                                     timeout_s=timeout_s))
+        setattr(
+            learner, _GROUP_ATTR, BroadcastGroup(master_addr, master_port, 0, world_size, timeout_s=timeout_s)
+        )
 
 
 def _full_numel(param: torch.nn.Parameter) -> int:

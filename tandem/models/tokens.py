@@ -95,7 +95,7 @@ def response_logprobs(
     device = next(model.parameters()).device
     out: list[list[float]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        rows = _rows(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size])
+        rows = _rows(prompt_ids[start : start + batch_size], response_ids[start : start + batch_size])
         batch = pad_rows(rows, pad_id).to(device)
         logprobs, mask = token_logprobs(model, batch)  # (B, T-1) each
         for row, row_mask in zip(logprobs.float().cpu(), mask.bool().cpu()):

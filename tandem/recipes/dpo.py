@@ -45,8 +45,10 @@ def policy_pairs(cfg: Config, model_path: str, prompts: list[str]) -> list[dict]
     task, rng = get_task(cfg.data.task), random.Random(cfg.run.seed)
     tokenizer, model = load_tokenizer(model_path), load_causal_lm(model_path).eval()
     torch.set_num_threads(os.cpu_count() or 1)  # before the learners start: the cores are free
-    first, second = (generate(model, tokenizer, prompts, cfg.model.max_response_len, True, cfg.run.seed + i).texts
-                     for i in (0, 1))
+    first, second = (
+        generate(model, tokenizer, prompts, cfg.model.max_response_len, True, cfg.run.seed + i).texts
+        for i in (0, 1)
+    )
     pairs = []
     for prompt, a, b in zip(prompts, first, second, strict=True):
         score_a, score_b = task.annotator_score(prompt, a), task.annotator_score(prompt, b)
@@ -90,9 +92,18 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     run = start_run(cfg, "dpo", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg, model_path, run.dir)
-    result = fit(run, cfg, "policy", DPOLearner, model_path, train,
-               lambda group: eval_loss(group, held_out), stop_after,
-               beta=cfg.dpo.beta, loss=cfg.dpo.loss)
+    result = fit(
+        run,
+        cfg,
+        "policy",
+        DPOLearner,
+        model_path,
+        train,
+        lambda group: eval_loss(group, held_out),
+        stop_after,
+        beta=cfg.dpo.beta,
+        loss=cfg.dpo.loss,
+    )
     return finish_policy_run(run, result, model_path)
 
 

@@ -27,8 +27,9 @@ class Answers:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, sample: bool, seed: int,
-             batch_size: int = 128) -> Answers:
+def generate(
+    model, tokenizer, prompts: Sequence, max_new_tokens: int, sample: bool, seed: int, batch_size: int = 128
+) -> Answers:
     """Greedy or temperature-1 answers to chat prompts (text or messages)."""
     from tandem.data import prompt_ids
 
@@ -36,13 +37,19 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, sample: b
     torch.manual_seed(seed)
     responses: list[list[int]] = []
     for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
+        chunk = ids[start : start + batch_size]
         encoded = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")  # left-padded (load_tokenizer)
-        out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=sample,
-                             temperature=1.0 if sample else None, top_k=0 if sample else None,
-                             top_p=1.0 if sample else None, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        for row in out[:, encoded["input_ids"].shape[1]:].tolist():
+        out = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=1.0 if sample else None,
+            top_k=0 if sample else None,
+            top_p=1.0 if sample else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in out[:, encoded["input_ids"].shape[1] :].tolist():
             cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
             responses.append(row[:cut])
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -55,8 +62,14 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
-def evaluate_policy(path: str, task: str, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
-                    ref_path: str | None = None) -> dict[str, float]:
+def evaluate_policy(
+    path: str,
+    task: str,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    seed: int = 0,
+    ref_path: str | None = None,
+) -> dict[str, float]:
     """True reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
     per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased)."""
     from tandem.data import get_task

@@ -19,7 +19,9 @@ def _prompts(cfg: Config) -> list[str]:
     from tandem.data import rl_prompts
 
     if cfg.data.task is None:
-        raise UserError("`data.task` is null: `tandem generate` scores samples with a built-in task's true reward")
+        raise UserError(
+            "`data.task` is null: `tandem generate` scores samples with a built-in task's true reward"
+        )
     return rl_prompts(cfg.data.task, cfg.data.num_eval, seed=cfg.run.seed, split="eval")
 
 

@@ -33,8 +33,15 @@ def learner_group(role: str, learner_cls: type, cfg: LearnerConfig, *args: Any, 
     """`cfg.world_size` ranks of `learner_cls(cfg, *args, **kwargs)`, placed and set up (process
     group, model, DeepSpeed engine)."""
     group = ActorGroup(
-        role, learner_cls, cfg.world_size, cpus_per_actor=cfg.cpus_per_rank, gpus_per_actor=cfg.gpus_per_rank,
-        strategy=cfg.placement, resources=cfg.resources, args=(cfg, *args), kwargs=kwargs,
+        role,
+        learner_cls,
+        cfg.world_size,
+        cpus_per_actor=cfg.cpus_per_rank,
+        gpus_per_actor=cfg.gpus_per_rank,
+        strategy=cfg.placement,
+        resources=cfg.resources,
+        args=(cfg, *args),
+        kwargs=kwargs,
     )
     try:
         group.call("setup")
@@ -100,15 +107,26 @@ def train_loop(
     return LoopResult(checkpoint, step, step == total, last_eval)
 
 
-def fit(run: Run, cfg: Config, role: str, learner_cls: type, model_path: str, train: Sequence[dict],
-        evaluate_fn: Callable[[ActorGroup], dict[str, float]], stop_after: int | None = None,
-        **learner_kwargs: Any) -> LoopResult:
+def fit(
+    run: Run,
+    cfg: Config,
+    role: str,
+    learner_cls: type,
+    model_path: str,
+    train: Sequence[dict],
+    evaluate_fn: Callable[[ActorGroup], dict[str, float]],
+    stop_after: int | None = None,
+    **learner_kwargs: Any,
+) -> LoopResult:
     """A learner group's whole job over `train` (SFT, RM, DPO): the batch order, the group, resume
     from the run's latest checkpoint, `train_loop` evaluating with `evaluate_fn(group)`; the group
     is shut down after."""
-    order = BatchOrder(len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps, cfg.run.seed)
-    group = learner_group(role, learner_cls, cfg.learner, model_path, order.total_steps, cfg.run.seed,
-                          **learner_kwargs)
+    order = BatchOrder(
+        len(train), cfg.learner.global_batch_size, cfg.train.epochs, cfg.train.max_steps, cfg.run.seed
+    )
+    group = learner_group(
+        role, learner_cls, cfg.learner, model_path, order.total_steps, cfg.run.seed, **learner_kwargs
+    )
     try:
         resume(run, group)
         return train_loop(run, group, train, order, lambda: evaluate_fn(group), stop_after)

@@ -23,8 +23,15 @@ def stage_config(cfg: Config, path: str | None, stage: str, overrides: tuple[str
     """A stage's job file, with the pipeline's output folder, run name, seed and W&B settings."""
     if path is None:
         raise UserError(f"`pipeline.{stage}_config` is not set: name the {stage} stage's job file")
-    stage_cfg = load_config(path, [f"run.output_dir={cfg.run.output_dir}", f"run.name={cfg.run.name}-{stage}",
-                                   f"run.seed={cfg.run.seed}", *overrides])
+    stage_cfg = load_config(
+        path,
+        [
+            f"run.output_dir={cfg.run.output_dir}",
+            f"run.name={cfg.run.name}-{stage}",
+            f"run.seed={cfg.run.seed}",
+            *overrides,
+        ],
+    )
     return stage_cfg.model_copy(update={"wandb": cfg.wandb})
 
 
@@ -36,19 +43,29 @@ def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, 
     if cfg.data.task is None:
         return {}
     prompts = rl_prompts(cfg.data.task, cfg.data.num_eval, seed=cfg.run.seed, split="eval")
-    return {name: evaluate_policy(path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed, reference)
-            for name, path in policies.items()}
+    return {
+        name: evaluate_policy(
+            path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed, reference
+        )
+        for name, path in policies.items()
+    }
 
 
 def format_table(results: dict[str, dict[str, float]], n_prompts: int) -> str:
-    lines = [f"true reward on {n_prompts} held-out prompts (mean +- standard error)",
-             f"{'policy':8} {'sampled':>17} {'greedy':>17} {'length':>7} {'KL to SFT':>10}"]
+    lines = [
+        f"true reward on {n_prompts} held-out prompts (mean +- standard error)",
+        f"{'policy':8} {'sampled':>17} {'greedy':>17} {'length':>7} {'KL to SFT':>10}",
+    ]
     for name, r in results.items():
-        lines.append(f"{name:8} {r['sampled/mean']:8.3f} +- {r['sampled/stderr']:5.3f} "
-                     f"{r['greedy/mean']:8.3f} +- {r['greedy/stderr']:5.3f} {r['sampled/length']:7.2f} "
-                     f"{r['kl_to_ref']:10.3f}")
+        lines.append(
+            f"{name:8} {r['sampled/mean']:8.3f} +- {r['sampled/stderr']:5.3f} "
+            f"{r['greedy/mean']:8.3f} +- {r['greedy/stderr']:5.3f} {r['sampled/length']:7.2f} "
+            f"{r['kl_to_ref']:10.3f}"
+        )
     if "ppo" in results and "sft" in results:
-        lines.append(f"PPO - SFT (sampled): {gain_in_stderrs(results['ppo'], results['sft']):+.1f} standard errors")
+        lines.append(
+            f"PPO - SFT (sampled): {gain_in_stderrs(results['ppo'], results['sft']):+.1f} standard errors"
+        )
     return "\n".join(lines)
 
 
@@ -71,7 +88,9 @@ def run(cfg: Config) -> dict[str, Any]:
     policies = {"base": resolve_model(cfg.model.path), "sft": sft_model, "ppo": ppo_summary["final_model"]}
     results = compare(cfg, policies, reference=sft_model)
     run_dir = ppo_summary["run_dir"]
-    (Path(run_dir) / "pipeline.json").write_text(json.dumps({"policies": policies, "results": results}, indent=1))
+    (Path(run_dir) / "pipeline.json").write_text(
+        json.dumps({"policies": policies, "results": results}, indent=1)
+    )
     if results:
         print(format_table(results, cfg.data.num_eval))
     for path in write_report(run_dir):

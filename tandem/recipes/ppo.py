@@ -36,8 +36,13 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
 
     p = cfg.ppo
     kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, target=p.kl_target, horizon=p.kl_horizon)
-    order = BatchOrder(len(prompts), p.prompts_per_step, epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
-                       max_steps=p.steps, seed=cfg.run.seed)
+    order = BatchOrder(
+        len(prompts),
+        p.prompts_per_step,
+        epochs=-(-p.steps * p.prompts_per_step // len(prompts)),
+        max_steps=p.steps,
+        seed=cfg.run.seed,
+    )
     if run.resume_from is not None:
         kl_ctl.load_state_dict(roles.restore(run.resume_from)["kl_controller"])
     step = run.start_step
@@ -50,9 +55,15 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         with timed(t, "score"):
             true_rewards = roles.score(batch)
         with timed(t, "advantages"):
-            kl_metrics = compute_advantages(batch, estimator=p.advantage, kl_estimator=p.kl_estimator,
-                                            kl_coef=kl_ctl.value, group_size=p.samples_per_prompt,
-                                            gamma=p.gamma, lam=p.lam)
+            kl_metrics = compute_advantages(
+                batch,
+                estimator=p.advantage,
+                kl_estimator=p.kl_estimator,
+                kl_coef=kl_ctl.value,
+                group_size=p.samples_per_prompt,
+                gamma=p.gamma,
+                lam=p.lam,
+            )
         metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
         if roles.critic is not None:
             with timed(t, "critic_update"):
@@ -65,17 +76,27 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         metrics |= kl_metrics | t | _throughput(batch, t)
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
-            run.tracker.table("samples", ["prompt", "response", "reward"],
-                              [[q, r, s] for q, r, s in zip(batch.prompts, batch.responses, batch.scores.tolist())][:16],
-                              step=step)
+            run.tracker.table(
+                "samples",
+                ["prompt", "response", "reward"],
+                [[q, r, s] for q, r, s in zip(batch.prompts, batch.responses, batch.scores.tolist())][:16],
+                step=step,
+            )
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{kl_metrics['kl/mean']:.3f}")
         stopping = stop_after is not None and step >= stop_after
         if step == p.steps or stopping or (p.save_every and step % p.save_every == 0):
             # The policy's layout too: `start_run` refuses to resume it under another (a clear error,
             # not DeepSpeed's failure to load optimizer shards saved by a different world size).
-            roles.save(run, step, {"kl_controller": kl_ctl.state_dict(), "samples_seen": step * len(batch),
-                                   **layout(cfg.learner)})
+            roles.save(
+                run,
+                step,
+                {
+                    "kl_controller": kl_ctl.state_dict(),
+                    "samples_seen": step * len(batch),
+                    **layout(cfg.learner),
+                },
+            )
         if stopping:
             break
     bar.close()
@@ -86,10 +107,12 @@ def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
     tokens = float(batch.lengths().sum())
     train_s = t["timing/policy_update"] + t.get("timing/critic_update", 0.0)
     step_s = sum(t.values())
-    return {"perf/generate_tokens_per_s": tokens / max(t["timing/generate"], 1e-9),
-            "perf/train_tokens_per_s": tokens / max(train_s, 1e-9),
-            "perf/samples_per_s": len(batch) / max(step_s, 1e-9),
-            "timing/step": step_s}
+    return {
+        "perf/generate_tokens_per_s": tokens / max(t["timing/generate"], 1e-9),
+        "perf/train_tokens_per_s": tokens / max(train_s, 1e-9),
+        "perf/samples_per_s": len(batch) / max(step_s, 1e-9),
+        "timing/step": step_s,
+    }
 
 
 def load_prompts(cfg: Config) -> list[str | list[dict]]:
@@ -103,11 +126,16 @@ def load_prompts(cfg: Config) -> list[str | list[dict]]:
     return rl_prompts(cfg.data.task, cfg.data.num_train, seed=cfg.run.seed, split="train")
 
 
-def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None,
-        rm_path: str | None = None) -> dict[str, Any]:
+def run(
+    cfg: Config, resume_dir: str | None = None, stop_after: int | None = None, rm_path: str | None = None
+) -> dict[str, Any]:
     """The whole PPO job; returns its summary (also `<run_dir>/summary.json`)."""
-    cfg = cfg.model_copy(update={"learner": ppo_learner_config(cfg, "learner"),
-                                 **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {})})
+    cfg = cfg.model_copy(
+        update={
+            "learner": ppo_learner_config(cfg, "learner"),
+            **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {}),
+        }
+    )
     prompts = load_prompts(cfg)
     run = start_run(cfg, "ppo", resume_dir)
     with Roles(cfg, rm_path) as roles:
@@ -121,4 +149,3 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     with ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
         run(cfg, getattr(args, "resume", None))
     return 0
-

@@ -17,8 +17,12 @@ from torch import Tensor
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
 
 
-def pad_right(rows: Sequence[Sequence[float]], width: int | None = None, value: float = 0.0,
-              dtype: torch.dtype = torch.float32) -> Tensor:
+def pad_right(
+    rows: Sequence[Sequence[float]],
+    width: int | None = None,
+    value: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Ragged rows -> (B, width) tensor, right-padded with `value`."""
     width = max((len(r) for r in rows), default=0) if width is None else width
     out = torch.full((len(rows), width), value, dtype=dtype)
@@ -73,8 +77,16 @@ class RolloutBatch:
         return self.mask.sum(-1)
 
 
-def compute_advantages(batch: RolloutBatch, *, estimator: str, kl_estimator: str, kl_coef: float,
-                       group_size: int, gamma: float, lam: float) -> dict[str, float]:
+def compute_advantages(
+    batch: RolloutBatch,
+    *,
+    estimator: str,
+    kl_estimator: str,
+    kl_coef: float,
+    group_size: int,
+    gamma: float,
+    lam: float,
+) -> dict[str, float]:
     """KL-shaped token rewards (InstructGPT eq. 2), then advantages and returns by estimator name.
 
     Fills `batch.token_rewards`, `batch.advantages`, `batch.returns`; returns KL metrics.
@@ -83,12 +95,20 @@ def compute_advantages(batch: RolloutBatch, *, estimator: str, kl_estimator: str
     kl = get_kl_estimator(kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
     batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef)
     batch.advantages, batch.returns = get_adv_est(estimator)(
-        token_rewards=batch.token_rewards, values=batch.values, mask=batch.mask,
-        group_size=group_size, gamma=gamma, lam=lam,
+        token_rewards=batch.token_rewards,
+        values=batch.values,
+        mask=batch.mask,
+        group_size=group_size,
+        gamma=gamma,
+        lam=lam,
     )
     seq_kl = kl.sum(-1)  # (B,) KL of each response to the reference
-    return {"kl/mean": seq_kl.mean().item(), "kl/max": seq_kl.max().item(), "kl/coef": kl_coef,
-            "kl/per_token": masked_mean(kl, batch.mask).item()}
+    return {
+        "kl/mean": seq_kl.mean().item(),
+        "kl/max": seq_kl.max().item(),
+        "kl/coef": kl_coef,
+        "kl/per_token": masked_mean(kl, batch.mask).item(),
+    }
 
 
 def _pearson(x: Tensor, y: Tensor) -> float:

@@ -38,26 +38,40 @@ def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> Le
     p, learner = cfg.ppo, getattr(cfg, section)
     rollout_batch = p.prompts_per_step * p.samples_per_prompt
     if rollout_batch % p.num_minibatches:
-        raise UserError(f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
-                        f"(prompts_per_step x samples_per_prompt = {rollout_batch})")
+        raise UserError(
+            f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
+            f"(prompts_per_step x samples_per_prompt = {rollout_batch})"
+        )
     minibatch = rollout_batch // p.num_minibatches
     if minibatch % learner.world_size:
-        raise UserError(f"a PPO minibatch of {minibatch} sequences does not split over "
-                        f"world_size {learner.world_size} learner ranks")
+        raise UserError(
+            f"a PPO minibatch of {minibatch} sequences does not split over "
+            f"world_size {learner.world_size} learner ranks"
+        )
     per_rank = minibatch // learner.world_size
-    minibatch_keys = (f"ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches = "
-                      f"{p.prompts_per_step} x {p.samples_per_prompt} / {p.num_minibatches}")
+    minibatch_keys = (
+        f"ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches = "
+        f"{p.prompts_per_step} x {p.samples_per_prompt} / {p.num_minibatches}"
+    )
     given = learner.model_fields_set
     if "global_batch_size" in given and learner.global_batch_size != minibatch:
-        raise UserError(f"{section}.global_batch_size {learner.global_batch_size} contradicts PPO's optimizer "
-                        f"step of one minibatch, {minibatch} sequences ({minibatch_keys}); leave "
-                        f"{section}.global_batch_size unset to have it derived, or change ppo.num_minibatches")
+        raise UserError(
+            f"{section}.global_batch_size {learner.global_batch_size} contradicts PPO's optimizer "
+            f"step of one minibatch, {minibatch} sequences ({minibatch_keys}); leave "
+            f"{section}.global_batch_size unset to have it derived, or change ppo.num_minibatches"
+        )
     if "micro_batch_size" in given and per_rank % learner.micro_batch_size:
-        raise UserError(f"{section}.micro_batch_size {learner.micro_batch_size} does not divide a rank's share "
-                        f"of a PPO minibatch, {per_rank} sequences ({minibatch_keys}, over {section}.world_size "
-                        f"{learner.world_size}); set it to a divisor of {per_rank}, or leave it unset to have "
-                        f"it derived")
-    micro = learner.micro_batch_size if "micro_batch_size" in given else math.gcd(learner.micro_batch_size, per_rank)
+        raise UserError(
+            f"{section}.micro_batch_size {learner.micro_batch_size} does not divide a rank's share "
+            f"of a PPO minibatch, {per_rank} sequences ({minibatch_keys}, over {section}.world_size "
+            f"{learner.world_size}); set it to a divisor of {per_rank}, or leave it unset to have "
+            f"it derived"
+        )
+    micro = (
+        learner.micro_batch_size
+        if "micro_batch_size" in given
+        else math.gcd(learner.micro_batch_size, per_rank)
+    )
     return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
 
 
@@ -107,17 +121,38 @@ class Roles:
         # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._colocated_placement()
-        self.policy = self._learners("policy", PolicyLearner, cfg.learner, path, total_steps, shared,
-                                     policy_loss=p.policy_loss, clip_eps=p.clip_eps, entropy_coef=p.entropy_coef)
+        self.policy = self._learners(
+            "policy",
+            PolicyLearner,
+            cfg.learner,
+            path,
+            total_steps,
+            shared,
+            policy_loss=p.policy_loss,
+            clip_eps=p.clip_eps,
+            entropy_coef=p.entropy_coef,
+        )
         self.critic = None
         if needs_critic(cfg):
-            self.critic = self._learners("critic", CriticLearner, cfg.critic, path, total_steps,
-                                         shared if "critic" in p.colocate else None, value_clip_eps=p.value_clip_eps)
+            self.critic = self._learners(
+                "critic",
+                CriticLearner,
+                cfg.critic,
+                path,
+                total_steps,
+                shared if "critic" in p.colocate else None,
+                value_clip_eps=p.value_clip_eps,
+            )
         self.rollout = RolloutGroup(cfg)
         self._groups.append(self.rollout)
         self.reward = make_reward_actor(cfg, rm_path, (shared, 0) if "reward" in p.colocate else None)
-        self.reference = make_reference_actor(cfg, path, cfg.reference.cpus, cfg.reference.gpus,
-                                              (shared, 0) if "reference" in p.colocate else None)
+        self.reference = make_reference_actor(
+            cfg,
+            path,
+            cfg.reference.cpus,
+            cfg.reference.gpus,
+            (shared, 0) if "reference" in p.colocate else None,
+        )
         self._actors = [self.reward, self.reference]
         setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
         self.policy.collect(setups, "setup")
@@ -140,26 +175,51 @@ class Roles:
         if "critic" in co:
             if not needs_critic(cfg) or cfg.critic.world_size != lc.world_size:
                 with_critic = " or ".join(n for n in ADV_ESTIMATORS.names() if get_adv_est(n).needs_critic)
-                raise UserError("ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
-                                f"a ppo.advantage that trains a critic ({with_critic}) and "
-                                f"critic.world_size = learner.world_size ({lc.world_size}); "
-                                f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}")
+                raise UserError(
+                    "ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
+                    f"a ppo.advantage that trains a critic ({with_critic}) and "
+                    f"critic.world_size = learner.world_size ({lc.world_size}); "
+                    f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}"
+                )
             cpus, gpus = cpus + cfg.critic.cpus_per_rank, gpus + cfg.critic.gpus_per_rank
-        singles = [section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co]
+        singles = [
+            section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co
+        ]
         extra = {"CPU": sum(x.cpus for x in singles), "GPU": sum(x.gpus for x in singles)}
-        self._placement = make_placement_group(lc.world_size, cpus, gpus, lc.placement, name=f"policy-{uuid.uuid4().hex[:8]}",
-                                               resources=lc.resources, first_bundle_extra=extra)
+        self._placement = make_placement_group(
+            lc.world_size,
+            cpus,
+            gpus,
+            lc.placement,
+            name=f"policy-{uuid.uuid4().hex[:8]}",
+            resources=lc.resources,
+            first_bundle_extra=extra,
+        )
         return self._placement
 
-    def _learners(self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, placement: Any,
-                  **kwargs) -> ActorGroup:
+    def _learners(
+        self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, placement: Any, **kwargs
+    ) -> ActorGroup:
         """A learner group; in `placement` (rank i in bundle i) when given, else in its own."""
-        where = {} if placement is None else {"placement_group": placement, "bundle_indices": range(lc.world_size)}
+        where = (
+            {}
+            if placement is None
+            else {"placement_group": placement, "bundle_indices": range(lc.world_size)}
+        )
         # A colocated critic goes where the policy's bundles are: it asks for no custom resources.
         resources = lc.resources if placement is None or role == "policy" else None
-        group = ActorGroup(role, cls, lc.world_size, cpus_per_actor=lc.cpus_per_rank, gpus_per_actor=lc.gpus_per_rank,
-                           strategy=lc.placement, resources=resources,
-                           args=(lc, path, total_steps, self.cfg.run.seed), kwargs=kwargs, **where)
+        group = ActorGroup(
+            role,
+            cls,
+            lc.world_size,
+            cpus_per_actor=lc.cpus_per_rank,
+            gpus_per_actor=lc.gpus_per_rank,
+            strategy=lc.placement,
+            resources=resources,
+            args=(lc, path, total_steps, self.cfg.run.seed),
+            kwargs=kwargs,
+            **where,
+        )
         self._groups.append(group)
         return group
 
@@ -173,8 +233,10 @@ class Roles:
         samples = self.rollout.generate(ids, n=n, seed=self.rng.randrange(1 << 31))
         stale = {s.weight_version for s in samples} - {self.version}
         if stale:
-            raise RuntimeError(f"off-policy samples: drawn with weight version(s) {sorted(stale)}, "
-                               f"but the policy being trained is version {self.version}")
+            raise RuntimeError(
+                f"off-policy samples: drawn with weight version(s) {sorted(stale)}, "
+                f"but the policy being trained is version {self.version}"
+            )
         return RolloutBatch.from_samples(samples, [prompt_text(q) for q in prompts])
 
     def score(self, batch: RolloutBatch) -> list[float] | None:
@@ -191,7 +253,9 @@ class Roles:
         policy_refs = self.policy.async_call_per_rank("logprobs", shards)
         critic_refs = None
         if self.critic is not None:
-            critic_refs = self.critic.async_call_per_rank("values", [(s,) for s in shard(rows, self.critic.world_size)])
+            critic_refs = self.critic.async_call_per_rank(
+                "values", [(s,) for s in shard(rows, self.critic.world_size)]
+            )
         result = ray.get(reward_ref)
         batch.scores = torch.tensor(result.total, dtype=torch.float32)
         batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
@@ -210,16 +274,20 @@ class Roles:
         p = self.cfg.ppo
         keys = TRAIN_KEYS[role]
         mask = batch.mask.bool()
-        examples = [{"prompt_ids": q, "response_ids": r, **{k: getattr(batch, k)[i][mask[i]].tolist() for k in keys}}
-                    for i, (q, r) in enumerate(zip(batch.prompt_ids, batch.response_ids))]
+        examples = [
+            {"prompt_ids": q, "response_ids": r, **{k: getattr(batch, k)[i][mask[i]].tolist() for k in keys}}
+            for i, (q, r) in enumerate(zip(batch.prompt_ids, batch.response_ids))
+        ]
         size = len(examples) // p.num_minibatches
         sums: dict[str, float] = {}
         for _ in range(p.ppo_epochs):
             order = list(range(len(examples)))
             self.rng.shuffle(order)
             for start in range(0, len(order), size):
-                minibatch = [examples[i] for i in order[start:start + size]]
-                metrics = group.call_per_rank("train_batch", [(s,) for s in shard(minibatch, group.world_size)])[0]
+                minibatch = [examples[i] for i in order[start : start + size]]
+                metrics = group.call_per_rank(
+                    "train_batch", [(s,) for s in shard(minibatch, group.world_size)]
+                )[0]
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"

@@ -30,7 +30,9 @@ def true_order(cfg: Config, records: list[dict]) -> list[dict]:
         prompt = prompt_text(rec["prompt"])
         chosen, rejected = task.true_reward(prompt, rec["chosen"]), task.true_reward(prompt, rec["rejected"])
         if chosen != rejected:
-            better, worse = (rec["chosen"], rec["rejected"]) if chosen > rejected else (rec["rejected"], rec["chosen"])
+            better, worse = (
+                (rec["chosen"], rec["rejected"]) if chosen > rejected else (rec["rejected"], rec["chosen"])
+            )
             out.append({"prompt": rec["prompt"], "chosen": better, "rejected": worse})
     return out
 

@@ -62,7 +62,12 @@ def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     start_step = Checkpoints.read_state(latest)["step"] if latest else 0
     tracker = Tracker(
-        run_dir, cfg.wandb, cfg.run.name, job, cfg.model_dump(mode="json"), resume_step=start_step if latest else None
+        run_dir,
+        cfg.wandb,
+        cfg.run.name,
+        job,
+        cfg.model_dump(mode="json"),
+        resume_step=start_step if latest else None,
     )
     if latest:
         print(f"resuming {run_dir} from {latest.name} (step {start_step})")
@@ -143,8 +148,12 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def finish_run(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     """Write summary.json, print it, close the tracker; returns the summary."""
-    summary = {"job": run.job, "run_dir": str(run.dir), **summary,
-               "wall_s": round(time.time() - run.started_at, 1)}
+    summary = {
+        "job": run.job,
+        "run_dir": str(run.dir),
+        **summary,
+        "wall_s": round(time.time() - run.started_at, 1),
+    }
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=1))
     run.tracker.summary(summary)
     run.tracker.finish()

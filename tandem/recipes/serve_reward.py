@@ -90,14 +90,18 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     env = cfg.serve.token_env
     token = os.environ.get(env)
     if not token:
-        raise UserError(f"serve-reward needs a bearer token: set the environment variable {env} "
-                        f"(clients send it as `Authorization: Bearer ...`; `serve.token_env` names the variable)")
+        raise UserError(
+            f"serve-reward needs a bearer token: set the environment variable {env} "
+            f"(clients send it as `Authorization: Bearer ...`; `serve.token_env` names the variable)"
+        )
     setup_env()
     scorer = RewardScorer.from_config(cfg)
     server = make_server(scorer, cfg.serve.host, cfg.serve.port, token)
     host, port = server.server_address[:2]
-    print(f"serving reward ({', '.join(scorer.names)}) on http://{host}:{port} (token from ${env}); Ctrl-C stops",
-          flush=True)
+    print(
+        f"serving reward ({', '.join(scorer.names)}) on http://{host}:{port} (token from ${env}); Ctrl-C stops",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

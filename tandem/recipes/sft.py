@@ -34,9 +34,18 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     run = start_run(cfg, "sft", resume_dir)
     model_path = resolve_model(cfg.model.path)
     train, held_out = load_data(cfg)
-    result = fit(run, cfg, "policy", SFTLearner, model_path, train,
-               lambda group: eval_loss(group, held_out), stop_after)
+    result = fit(
+        run,
+        cfg,
+        "policy",
+        SFTLearner,
+        model_path,
+        train,
+        lambda group: eval_loss(group, held_out),
+        stop_after,
+    )
     return finish_policy_run(run, result, model_path)
+
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     with ray_cluster(cfg):

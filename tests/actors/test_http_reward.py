@@ -32,9 +32,16 @@ def _http_error(code: int) -> urllib.error.HTTPError:
 
 def test_sends_batch_with_token_and_timeout():
     transport, sleeps = FakeTransport({"rewards": [1.0, 2.0]}), []
-    assert post_rewards("http://x/score", ["p1", "p2"], ["r1", "r2"], "s3cret", timeout_s=7,
-                        opener=transport, sleep=sleeps.append) == [1.0, 2.0]
-    (request, timeout), = transport.requests
+    assert post_rewards(
+        "http://x/score",
+        ["p1", "p2"],
+        ["r1", "r2"],
+        "s3cret",
+        timeout_s=7,
+        opener=transport,
+        sleep=sleeps.append,
+    ) == [1.0, 2.0]
+    ((request, timeout),) = transport.requests
     assert timeout == 7 and request.get_method() == "POST"
     assert request.get_header("Authorization") == "Bearer s3cret"
     assert json.loads(request.data) == {"prompts": ["p1", "p2"], "responses": ["r1", "r2"]}
@@ -42,11 +49,13 @@ def test_sends_batch_with_token_and_timeout():
 
 
 def test_transient_failures_are_retried_with_exponential_backoff():
-    transport = FakeTransport(urllib.error.URLError("refused"), _http_error(503), TimeoutError("slow"),
-                              {"rewards": [0.5]})
+    transport = FakeTransport(
+        urllib.error.URLError("refused"), _http_error(503), TimeoutError("slow"), {"rewards": [0.5]}
+    )
     sleeps = []
-    assert post_rewards("http://x", ["p"], ["r"], "t", retries=3, backoff_s=0.5, opener=transport,
-                        sleep=sleeps.append) == [0.5]
+    assert post_rewards(
+        "http://x", ["p"], ["r"], "t", retries=3, backoff_s=0.5, opener=transport, sleep=sleeps.append
+    ) == [0.5]
     assert sleeps == [0.5, 1.0, 2.0]
 
 
@@ -67,4 +76,6 @@ def test_client_errors_are_not_retried(code):
 
 def test_malformed_answers_are_errors():
     with pytest.raises(HttpRewardError, match="'rewards' list"):
-        post_rewards("http://x", ["p"], ["r"], "t", opener=FakeTransport({"scores": [1]}), sleep=lambda s: None)
+        post_rewards(
+            "http://x", ["p"], ["r"], "t", opener=FakeTransport({"scores": [1]}), sleep=lambda s: None
+        )

@@ -36,8 +36,13 @@ def fn(name: str) -> str:
 
 
 def test_task_reward_and_weighted_sum():
-    scorer = RewardScorer([RewardComponent(kind="function", path="task", name="true", weight=2.0),
-                           RewardComponent(kind="function", path=fn("length_reward"), weight=-0.1)], task="sort")
+    scorer = RewardScorer(
+        [
+            RewardComponent(kind="function", path="task", name="true", weight=2.0),
+            RewardComponent(kind="function", path=fn("length_reward"), weight=-0.1),
+        ],
+        task="sort",
+    )
     result = scorer.score(PROMPTS, RESPONSES)
     assert result.components["true"] == [1.0, 0.0, 1.0]  # "9 8" is unsorted: 0 of 2 positions right
     assert result.components["function"] == [5.0, 3.0, 7.0]
@@ -50,11 +55,17 @@ def test_chat_prompts_reach_functions_as_text():
     assert scorer.score(messages, RESPONSES).total == [1.0, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("name, message", [
-    ("nan_reward", r"'bad' \(function '.*:nan_reward'\) returned a non-finite value \(nan\) for sample 1"),
-    ("short_reward", r"'bad' \(function '.*:short_reward'\) returned 1 values for 3 samples"),
-    ("raising_reward", r"'bad' \(function '.*:raising_reward'\) raised KeyError: 'no such thing'"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "nan_reward",
+            r"'bad' \(function '.*:nan_reward'\) returned a non-finite value \(nan\) for sample 1",
+        ),
+        ("short_reward", r"'bad' \(function '.*:short_reward'\) returned 1 values for 3 samples"),
+        ("raising_reward", r"'bad' \(function '.*:raising_reward'\) raised KeyError: 'no such thing'"),
+    ],
+)
 def test_bad_reward_functions_are_named(name, message):
     scorer = RewardScorer([RewardComponent(kind="function", path=fn(name), name="bad")])
     with pytest.raises(RewardError, match=message):
@@ -79,8 +90,10 @@ def _direct_scores(path, prompts, responses):
 
     model, tok = load_reward_model(path).eval(), load_tokenizer(path)
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([prompt_ids(tok, p) + response_ids(tok, r)])).logits[0, 0].item()
-                for p, r in zip(prompts, responses)]
+        return [
+            model(input_ids=torch.tensor([prompt_ids(tok, p) + response_ids(tok, r)])).logits[0, 0].item()
+            for p, r in zip(prompts, responses)
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +120,13 @@ def server(rm_scorer):
 
 def test_http_component_against_tandem_server(server, rm_scorer, monkeypatch):
     monkeypatch.setenv("MY_RM_TOKEN", "s3cret")
-    remote = RewardScorer([RewardComponent(kind="http", path=server, token_env="MY_RM_TOKEN", weight=0.5),
-                           RewardComponent(kind="function", path="task")], task="sort")
+    remote = RewardScorer(
+        [
+            RewardComponent(kind="http", path=server, token_env="MY_RM_TOKEN", weight=0.5),
+            RewardComponent(kind="function", path="task"),
+        ],
+        task="sort",
+    )
     result = remote.score(PROMPTS, RESPONSES)
     local = rm_scorer.score(PROMPTS, RESPONSES).total
     assert result.components["http"] == pytest.approx(local, abs=1e-6)
@@ -145,10 +163,30 @@ def test_reward_actor(ray_session, server, rm_scorer, monkeypatch):
     """In a Ray actor, with the HTTP token set in the driver after Ray started: the actor gets it
     from make_reward_actor, not from an inherited environment."""
     monkeypatch.setenv("MY_RM_TOKEN", "s3cret")
-    cfg = Config.model_validate({"data": {"task": "sort"}, "reward": {"cpus": 0.5, "components": [
-        {"kind": "function", "path": "task", "name": "true"},
-        {"kind": "function", "path": "tandem.data.rewards:sort_reward", "name": "again", "weight": 0.5},
-        {"kind": "http", "path": server, "name": "remote", "token_env": "MY_RM_TOKEN", "weight": 0.0}]}})
+    cfg = Config.model_validate(
+        {
+            "data": {"task": "sort"},
+            "reward": {
+                "cpus": 0.5,
+                "components": [
+                    {"kind": "function", "path": "task", "name": "true"},
+                    {
+                        "kind": "function",
+                        "path": "tandem.data.rewards:sort_reward",
+                        "name": "again",
+                        "weight": 0.5,
+                    },
+                    {
+                        "kind": "http",
+                        "path": server,
+                        "name": "remote",
+                        "token_env": "MY_RM_TOKEN",
+                        "weight": 0.0,
+                    },
+                ],
+            },
+        }
+    )
     actor = make_reward_actor(cfg)
     result = ray_session.get(actor.score.remote(PROMPTS, RESPONSES))
     ray_session.kill(actor)

@@ -8,10 +8,12 @@ import pytest
 from tandem.actors.rollout import RolloutGroup, Sample, _split
 from tandem.config import Config
 
-CFG = Config.model_validate({
-    "model": {"max_prompt_len": 24, "max_response_len": 12},
-    "rollout": {"num_engines": 2, "kv_cache_mb": 16, "max_num_seqs": 32},
-})
+CFG = Config.model_validate(
+    {
+        "model": {"max_prompt_len": 24, "max_response_len": 12},
+        "rollout": {"num_engines": 2, "kv_cache_mb": 16, "max_num_seqs": 32},
+    }
+)
 PROMPTS = [f"sort: {i} {7 - i} {i % 3}" for i in range(7)]
 
 
@@ -61,7 +63,9 @@ def test_samples_are_prompt_major_and_complete(samples, prompt_ids, tokenizer):
         assert (s.finish_reason == "stop") == (s.response_ids[-1] == tokenizer.eos_token_id)
         assert s.response_text == tokenizer.decode(s.response_ids, skip_special_tokens=True)
     # sampling at temperature 1 from a random model: the 3 samples of a prompt are not all equal
-    assert any(len({tuple(s.response_ids) for s in samples[i:i + 3]}) > 1 for i in range(0, len(samples), 3))
+    assert any(
+        len({tuple(s.response_ids) for s in samples[i : i + 3]}) > 1 for i in range(0, len(samples), 3)
+    )
 
 
 def test_rollout_logprobs_match_reference_actor(ray_session, samples):
@@ -70,7 +74,9 @@ def test_rollout_logprobs_match_reference_actor(ray_session, samples):
     from tandem.actors.reference import make_reference_actor
 
     ref = make_reference_actor(CFG, cpus=0.5)
-    ref_lp = ray_session.get(ref.logprobs.remote([s.prompt_ids for s in samples], [s.response_ids for s in samples]))
+    ref_lp = ray_session.get(
+        ref.logprobs.remote([s.prompt_ids for s in samples], [s.response_ids for s in samples])
+    )
     ray_session.kill(ref)
     assert [len(r) for r in ref_lp] == [len(s.logprobs) for s in samples]
     worst = max(abs(a - b) for s, r in zip(samples, ref_lp) for a, b in zip(s.logprobs, r))
@@ -79,8 +85,9 @@ def test_rollout_logprobs_match_reference_actor(ray_session, samples):
 
 def test_engine_score_equals_sample_logprobs(ray_session, group, samples):
     # One engine scores every sample, also those another engine drew (they hold the same weights).
-    scored = ray_session.get(group.engines[0].score.remote([s.prompt_ids for s in samples],
-                                                           [s.response_ids for s in samples]))
+    scored = ray_session.get(
+        group.engines[0].score.remote([s.prompt_ids for s in samples], [s.response_ids for s in samples])
+    )
     worst = max(abs(a - b) for s, r in zip(samples, scored) for a, b in zip(s.logprobs, r))
     assert worst < 1e-4
 
@@ -108,5 +115,4 @@ def test_seeded_sampling_is_reproducible_and_engine_independent(group, prompt_id
 def test_long_prompts_are_truncated_from_the_left(group):
     long_prompt = list(range(10, 10 + 3 * CFG.model.max_prompt_len))
     (sample,) = group.generate([long_prompt], max_tokens=2)
-    assert sample.prompt_ids == long_prompt[-CFG.model.max_prompt_len:]
-
+    assert sample.prompt_ids == long_prompt[-CFG.model.max_prompt_len :]

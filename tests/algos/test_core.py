@@ -121,7 +121,9 @@ def test_entropy_of_half_precision_rows_matches_float32(gen: torch.Generator) ->
 
 
 @pytest.mark.parametrize("entropy_grad", [True, False])
-def test_logprobs_and_entropy_of_half_precision_share_one_pass(gen: torch.Generator, entropy_grad: bool) -> None:
+def test_logprobs_and_entropy_of_half_precision_share_one_pass(
+    gen: torch.Generator, entropy_grad: bool
+) -> None:
     """bf16 logits: the same logprobs as logprobs_from_logits (the same ops), the same entropies as
     entropy_from_logits up to float32 rounding, gradients through the entropy only when asked."""
     logits = (torch.randn(3, 4, 7, generator=gen) * 3).bfloat16().requires_grad_()

@@ -49,22 +49,40 @@ def main(out: str, run_dir: str) -> None:
     ppo.Roles = PlacedRoles  # `ppo.run` starts the roles through this name
     # The head (node_a) also hosts the driver; every node has 2 logical CPUs.
     names = list(NODES)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {names[0]: 1000}, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {names[0]: 1000}, "include_dashboard": False},
+    )
     try:
         for name in names[1:]:
             cluster.add_node(num_cpus=2, resources={name: 1000})
         cluster.wait_for_nodes()
-        pins = [f"{section}.resources={{{node}: 1}}" for node, sections in NODES.items() for section in sections]
-        cfg = load_config(None, [
-            f"ray.address={cluster.address}", f"run.output_dir={Path(run_dir).parent}", f"run.name={Path(run_dir).name}",
-            "wandb.mode=disabled", "model.max_response_len=12", "data.num_train=64", "ppo.steps=2",
-            "ppo.prompts_per_step=8", "ppo.samples_per_prompt=4", "ppo.sample_table_every=1000",
-            "rollout.kv_cache_mb=32", "rollout.max_num_seqs=32", "reward.cpus=0.5", "reference.cpus=0.5", *pins,
-            # A reward that spreads within groups (the untrained model never earns the sort task's):
-            # step 1 then has gradients, and step 2 samples with moved weights.
-            "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
-        ])
+        pins = [
+            f"{section}.resources={{{node}: 1}}" for node, sections in NODES.items() for section in sections
+        ]
+        cfg = load_config(
+            None,
+            [
+                f"ray.address={cluster.address}",
+                f"run.output_dir={Path(run_dir).parent}",
+                f"run.name={Path(run_dir).name}",
+                "wandb.mode=disabled",
+                "model.max_response_len=12",
+                "data.num_train=64",
+                "ppo.steps=2",
+                "ppo.prompts_per_step=8",
+                "ppo.samples_per_prompt=4",
+                "ppo.sample_table_every=1000",
+                "rollout.kv_cache_mb=32",
+                "rollout.max_num_seqs=32",
+                "reward.cpus=0.5",
+                "reference.cpus=0.5",
+                *pins,
+                # A reward that spreads within groups (the untrained model never earns the sort task's):
+                # step 1 then has gradients, and step 2 samples with moved weights.
+                "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
+            ],
+        )
         with ray_cluster(cfg):
             nodes = {r: n["NodeID"] for n in ray.nodes() if n["Alive"] for r in n["Resources"] if r in NODES}
             summary = ppo.run(cfg)

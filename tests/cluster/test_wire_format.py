@@ -10,8 +10,13 @@ import torch
 
 from tandem.cluster.weight_sync import pack_bucket, unpack_bucket
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+    ),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -39,7 +39,12 @@ def test_masked_loss_ignores_prompt_and_padding():
 
 
 def test_pair_batch_is_chosen_then_rejected():
-    batch = pair_batch([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]},
-                        {"prompt_ids": [1], "chosen_ids": [6, 7], "rejected_ids": [8]}], PAD)
+    batch = pair_batch(
+        [
+            {"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]},
+            {"prompt_ids": [1], "chosen_ids": [6, 7], "rejected_ids": [8]},
+        ],
+        PAD,
+    )
     assert batch.input_ids.tolist() == [[1, 2, 3, PAD], [1, 6, 7, PAD], [1, 2, 4, 5], [1, 8, PAD, PAD]]
     assert batch.response_mask.tolist() == [[0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 1, 0, 0]]

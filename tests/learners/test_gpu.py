@@ -34,8 +34,9 @@ def model_dir(gpu_check, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def learner(gpu_check, model_dir):
-    learner = gpu_check.policy_learner(model_dir, gpu_check.SIZES["cpu"], zero_stage=0, precision="bf16",
-                                       total_steps=1)
+    learner = gpu_check.policy_learner(
+        model_dir, gpu_check.SIZES["cpu"], zero_stage=0, precision="bf16", total_steps=1
+    )
     assert learner.device.type == "cuda" and next(learner.model.parameters()).dtype == torch.bfloat16
     return learner
 

@@ -26,14 +26,18 @@ def _learner(cls, model, **kwargs):
     return learner
 
 
-PAIRS = [{"prompt_ids": [2, 6, 40, 41], "chosen_ids": [50, 51, 3], "rejected_ids": [52, 3]},
-         {"prompt_ids": [2, 6, 42], "chosen_ids": [53, 3], "rejected_ids": [54, 55, 56, 3]}]
+PAIRS = [
+    {"prompt_ids": [2, 6, 40, 41], "chosen_ids": [50, 51, 3], "rejected_ids": [52, 3]},
+    {"prompt_ids": [2, 6, 42], "chosen_ids": [53, 3], "rejected_ids": [54, 55, 56, 3]},
+]
 
 
 @torch.no_grad()
 def test_sft_loss_is_token_mean_cross_entropy_of_responses(model):
-    examples = [{"prompt_ids": [2, 6, 40, 41], "response_ids": [50, 51, 3]},
-                {"prompt_ids": [2, 6], "response_ids": [52, 3]}]
+    examples = [
+        {"prompt_ids": [2, 6, 40, 41], "response_ids": [50, 51, 3]},
+        {"prompt_ids": [2, 6], "response_ids": [52, 3]},
+    ]
     loss, units, _ = _learner(SFTLearner, model).compute_loss(sft_batch(examples, 0))
     nll = []
     for e in examples:  # one unpadded sequence at a time
@@ -63,8 +67,11 @@ def test_reward_loss_is_bradley_terry_of_last_token_scores():
     torch.manual_seed(0)
     rm = load_reward_model("tiny-qwen2").eval()
     loss, units, metrics = _learner(RewardLearner, rm).compute_loss(pair_batch(PAIRS, 0))
-    score = [rm(torch.tensor([p["prompt_ids"] + p[k]])).logits.item() for k in ("chosen_ids", "rejected_ids")
-             for p in PAIRS]
+    score = [
+        rm(torch.tensor([p["prompt_ids"] + p[k]])).logits.item()
+        for k in ("chosen_ids", "rejected_ids")
+        for p in PAIRS
+    ]
     margins = torch.tensor([score[0] - score[2], score[1] - score[3]])
     assert units == 2
     assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(margins).mean().item(), rel=1e-5)

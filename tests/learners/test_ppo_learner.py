@@ -9,8 +9,10 @@ import torch
 from tandem.config import LearnerConfig
 from tandem.learners.ppo import PolicyLearner
 
-EXAMPLES = [{"prompt_ids": [2, 6, 40, 41], "response_ids": [50, 51, 3], "advantages": [1.0, -0.5, 2.0]},
-            {"prompt_ids": [2, 6], "response_ids": [52, 3], "advantages": [0.5, 0.5]}]
+EXAMPLES = [
+    {"prompt_ids": [2, 6, 40, 41], "response_ids": [50, 51, 3], "advantages": [1.0, -0.5, 2.0]},
+    {"prompt_ids": [2, 6], "response_ids": [52, 3], "advantages": [0.5, 0.5]},
+]
 
 
 @torch.no_grad()

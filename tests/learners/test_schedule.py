@@ -24,9 +24,14 @@ def test_no_warmup_and_degenerate_lengths():
 
 
 def test_deepspeed_config_batching():
-    cfg = LearnerConfig(world_size=2, zero_stage=3, precision="bf16", micro_batch_size=4, global_batch_size=32)
+    cfg = LearnerConfig(
+        world_size=2, zero_stage=3, precision="bf16", micro_batch_size=4, global_batch_size=32
+    )
     ds = deepspeed_config(cfg, world_size=2)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
-        32, 4, 4)
+    assert (
+        ds["train_batch_size"],
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+    ) == (32, 4, 4)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
     assert "optimizer" not in ds  # a client torch AdamW (fused on GPU), no JIT-built DeepSpeed optimizer

@@ -32,10 +32,13 @@ def test_evaluate_policy_scores_every_held_out_prompt():
 
 
 def test_evaluate_before_after_names_both_models():
-    cfg = load_config("configs/sft.yaml", ["train.num_generate_eval=3", f"model.max_response_len={MAX_TOKENS}"])
+    cfg = load_config(
+        "configs/sft.yaml", ["train.num_generate_eval=3", f"model.max_response_len={MAX_TOKENS}"]
+    )
     out = evaluate_before_after(cfg, "tiny-qwen2", "tiny-qwen2")
-    assert set(out) == {f"eval/{who}/{mode}" for who in ("init_true_reward", "true_reward")
-                        for mode in ("greedy", "sampled")}
+    assert set(out) == {
+        f"eval/{who}/{mode}" for who in ("init_true_reward", "true_reward") for mode in ("greedy", "sampled")
+    }
     # The same model twice, the same seed: the same numbers.
     assert out["eval/true_reward/greedy"] == out["eval/init_true_reward/greedy"]
     assert out["eval/true_reward/sampled"] == out["eval/init_true_reward/sampled"]

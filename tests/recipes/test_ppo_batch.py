@@ -12,14 +12,24 @@ from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right
 
 
 def sample(prompt_index, response_ids, logprobs, finish="stop", version=3):
-    return SimpleNamespace(prompt_ids=[7, 8], response_ids=response_ids, logprobs=logprobs,
-                           response_text=" ".join(map(str, response_ids)), finish_reason=finish,
-                           weight_version=version, prompt_index=prompt_index)
+    return SimpleNamespace(
+        prompt_ids=[7, 8],
+        response_ids=response_ids,
+        logprobs=logprobs,
+        response_text=" ".join(map(str, response_ids)),
+        finish_reason=finish,
+        weight_version=version,
+        prompt_index=prompt_index,
+    )
 
 
 def make_batch():
-    samples = [sample(0, [1, 2, 3], [-0.1, -0.2, -0.3]), sample(0, [4], [-0.5], finish="length"),
-               sample(1, [5, 6], [-1.0, -2.0]), sample(1, [9, 9, 9], [-0.4, -0.4, -0.4])]
+    samples = [
+        sample(0, [1, 2, 3], [-0.1, -0.2, -0.3]),
+        sample(0, [4], [-0.5], finish="length"),
+        sample(1, [5, 6], [-1.0, -2.0]),
+        sample(1, [9, 9, 9], [-0.4, -0.4, -0.4]),
+    ]
     return RolloutBatch.from_samples(samples, ["p0", "p1"])
 
 
@@ -31,7 +41,10 @@ def test_from_samples_layout():
     assert b.truncated.tolist() == [False, True, False, False]
     assert b.lengths().tolist() == [3, 1, 2, 3]
     # The second of two learner ranks gets the second half, as `Roles` splits rows (`shard`).
-    assert shard(b.response_ids, 2)[1] == [[5, 6], [9, 9, 9]] and b.mask[2:].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert shard(b.response_ids, 2)[1] == [[5, 6], [9, 9, 9]] and b.mask[2:].tolist() == [
+        [1, 1, 0],
+        [1, 1, 1],
+    ]
 
 
 def test_pad_right():
@@ -43,7 +56,9 @@ def test_grpo_advantages_with_kl_penalty_by_hand():
     b.scores = torch.tensor([1.0, 0.0, 0.5, 0.5])
     b.old_logprobs = b.rollout_logprobs.clone()
     b.ref_logprobs = b.old_logprobs - 0.1 * b.mask  # k1 KL = 0.1 per response token
-    m = compute_advantages(b, estimator="grpo", kl_estimator="k1", kl_coef=0.5, group_size=2, gamma=1.0, lam=1.0)
+    m = compute_advantages(
+        b, estimator="grpo", kl_estimator="k1", kl_coef=0.5, group_size=2, gamma=1.0, lam=1.0
+    )
     # Sequence returns: score - 0.5 * 0.1 * length = [0.85, -0.05, 0.4, 0.35].
     # Group 0: mean 0.4, std (unbiased) = 0.45*sqrt(2) = 0.63640 -> +-0.70711; group 1: +-0.70711.
     expected = torch.tensor([0.70711, -0.70711, 0.70711, -0.70711])
