@@ -15,8 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from .multinode_ppo import NODES
 from .test_submit import stop_processes_under
+
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -28,8 +32,15 @@ def test_roles_land_on_the_nodes_their_config_names(tmp_path):
     out, run_dir = tmp_path / "result.json", tmp_path / "runs" / "multinode"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     try:
-        proc = subprocess.run([sys.executable, str(HERE / "multinode_ppo.py"), str(out), str(run_dir)],
-                              check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "multinode_ppo.py"), str(out), str(run_dir)],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         stop_processes_under(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -38,8 +49,12 @@ def test_roles_land_on_the_nodes_their_config_names(tmp_path):
 
     nodes, placed = result["nodes"], result["placement"]
     assert sorted(nodes) == sorted(NODES) and len(set(nodes.values())) == len(NODES)  # three distinct nodes
-    where = {"learner": ["policy", "policy_bundles"], "rollout": ["rollout"],
-             "reward": ["reward"], "reference": ["reference"]}
+    where = {
+        "learner": ["policy", "policy_bundles"],
+        "rollout": ["rollout"],
+        "reward": ["reward"],
+        "reference": ["reference"],
+    }
     for node, sections in NODES.items():
         for section in sections:
             for role in where[section]:

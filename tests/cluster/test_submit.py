@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -49,13 +51,27 @@ def ray_head(auth_env):
     # The head's jobs run `python`: put this venv first, as a user starts Ray from an active venv.
     env = {**os.environ, **auth_env, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run(
-        [BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--temp-dir={temp_dir}", "--num-cpus=2", "--object-store-memory=100000000", "--disable-usage-stats",
-         # The job agent's default port (52365) may be held by another Ray on this machine (the
-         # test session's own): its agent would then never come up ("No available agent").
-         f"--dashboard-agent-listen-port={free_port()}"],
-        check=True, env=env, capture_output=True, timeout=120,
+        [
+            BIN / "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+            "--num-cpus=2",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+            # The job agent's default port (52365) may be held by another Ray on this machine (the
+            # test session's own): its agent would then never come up ("No available agent").
+            f"--dashboard-agent-listen-port={free_port()}",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
     )
     try:
         yield f"http://127.0.0.1:{dashboard}"
@@ -68,9 +84,23 @@ def test_submit_runs_job_on_the_head_and_streams_logs(ray_head, auth_env, tmp_pa
     config.write_text("run:\n  name: submitted\ndata:\n  task: sort\n  num_eval: 4\n")
     started = time.time()
     out = subprocess.run(
-        [BIN / "tandem", "submit", str(config), "model.max_response_len=8", "--address", ray_head,
-         "--job", "generate", "--follow"],
-        check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **auth_env},
+        [
+            BIN / "tandem",
+            "submit",
+            str(config),
+            "model.max_response_len=8",
+            "--address",
+            ray_head,
+            "--job",
+            "generate",
+            "--follow",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, **auth_env},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "submitted job raysubmit_" in out.stdout
@@ -80,6 +110,11 @@ def test_submit_runs_job_on_the_head_and_streams_logs(ray_head, auth_env, tmp_pa
 
 
 def test_submit_unknown_job_is_a_user_error(ray_head, tmp_path):
-    out = subprocess.run([BIN / "tandem", "submit", "configs/generate.yaml", "--address", ray_head, "--job", "nope"],
-                         check=False, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [BIN / "tandem", "submit", "configs/generate.yaml", "--address", ray_head, "--job", "nope"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 2 and "is not a tandem job" in out.stderr

@@ -18,16 +18,23 @@ from tandem.learners import SFTLearner
 # Ray workers cannot import test modules: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-LEARNER = LearnerConfig.model_validate({
-    "world_size": 2, "zero_stage": 3, "micro_batch_size": 2, "global_batch_size": 4,
-    "optim": {"lr": 0.01, "warmup_steps": 0},
-})
+LEARNER = LearnerConfig.model_validate(
+    {
+        "world_size": 2,
+        "zero_stage": 3,
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "optim": {"lr": 0.01, "warmup_steps": 0},
+    }
+)
 # 1 MiB buckets cut the 3.4 MB model mid-layer (q_proj in one bucket, k/v_proj in the next), which
 # the engine must reassemble into its fused qkv_proj.
-CFG = Config.model_validate({
-    "model": {"max_prompt_len": 24, "max_response_len": 12},
-    "rollout": {"num_engines": 2, "kv_cache_mb": 16, "max_num_seqs": 16, "sync_bucket_mb": 1},
-})
+CFG = Config.model_validate(
+    {
+        "model": {"max_prompt_len": 24, "max_response_len": 12},
+        "rollout": {"num_engines": 2, "kv_cache_mb": 16, "max_num_seqs": 16, "sync_bucket_mb": 1},
+    }
+)
 TOLERANCE = 1e-4  # float32 everywhere
 
 
@@ -124,6 +131,7 @@ def _engine_logprobs(engines, sequences):
     return ray.get([e.score.remote(*sequences) for e in engines.engines])
 
 
+@pytest.mark.slow
 def test_sync_makes_engines_match_learner(setup, sequences):
     learners, engines, sync, params = setup
     learner_lp = learners.call("logprobs", *sequences)

@@ -16,6 +16,8 @@ from tandem.cluster.sharding import shard
 from tandem.config import LearnerConfig
 from tandem.learners import SFTLearner
 
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
+
 STEPS, GLOBAL, MICRO = 3, 8, 2
 RTOL = 1e-4
 
@@ -26,8 +28,10 @@ def examples():
     from tandem.models import load_tokenizer
 
     tok = load_tokenizer("tiny-qwen2")
-    return [{"prompt_ids": prompt_ids(tok, e["prompt"]), "response_ids": response_ids(tok, e["response"])}
-            for e in sft_examples("sort", STEPS * GLOBAL + 8, seed=1)]
+    return [
+        {"prompt_ids": prompt_ids(tok, e["prompt"]), "response_ids": response_ids(tok, e["response"])}
+        for e in sft_examples("sort", STEPS * GLOBAL + 8, seed=1)
+    ]
 
 
 def _curve(group: ActorGroup, examples: list[dict]) -> list[float]:
@@ -52,8 +56,13 @@ def test_zero2_and_zero3_match_one_rank(ray_session, examples, tmp_path):
     groups = {}
     try:
         for name, (ws, stage) in setups.items():
-            cfg = LearnerConfig(world_size=ws, zero_stage=stage, micro_batch_size=MICRO, global_batch_size=GLOBAL,
-                                optim={"lr": 1e-3, "warmup_steps": 1})
+            cfg = LearnerConfig(
+                world_size=ws,
+                zero_stage=stage,
+                micro_batch_size=MICRO,
+                global_batch_size=GLOBAL,
+                optim={"lr": 1e-3, "warmup_steps": 1},
+            )
             groups[name] = ActorGroup(name, SFTLearner, ws, cpus_per_actor=1, args=(cfg, path, STEPS, 0))
         # Set the groups up concurrently: most of the time is process start and imports.
         refs = {name: g.async_call("setup") for name, g in groups.items()}

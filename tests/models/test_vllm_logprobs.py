@@ -16,6 +16,8 @@ from tandem.data.chat import prompt_ids
 from tandem.data.synthetic import rl_prompts
 from tandem.models import load_causal_lm, load_tokenizer
 
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
+
 TOLERANCE = 1e-4
 
 

@@ -22,17 +22,35 @@ from tandem.recipes import ppo
 from tandem.recipes.ppo_roles import Roles, ppo_learner_config
 from tandem.tracking import read_metrics
 
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
+
 TOY = [
-    "wandb.mode=disabled", "model.max_response_len=16", "data.num_train=256",
-    "ppo.prompts_per_step=8", "ppo.samples_per_prompt=4", "ppo.num_minibatches=2", "ppo.sample_table_every=1000",
-    "learner.optim.warmup_steps=1", "critic.optim.warmup_steps=1",
-    "rollout.kv_cache_mb=32", "rollout.max_num_seqs=32", "reward.cpus=0.5", "reference.cpus=0.5",
+    "wandb.mode=disabled",
+    "model.max_response_len=16",
+    "data.num_train=256",
+    "ppo.prompts_per_step=8",
+    "ppo.samples_per_prompt=4",
+    "ppo.num_minibatches=2",
+    "ppo.sample_table_every=1000",
+    "learner.optim.warmup_steps=1",
+    "critic.optim.warmup_steps=1",
+    "rollout.kv_cache_mb=32",
+    "rollout.max_num_seqs=32",
+    "reward.cpus=0.5",
+    "reference.cpus=0.5",
     "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
 ]
 REPO = Path(__file__).resolve().parents[2]
 #: Per-step metrics a resumed run must reproduce.
-RESUME_KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean",
-               "rollout/logprob_mismatch", "actor/grad_norm", "advantage/abs_mean")
+RESUME_KEYS = (
+    "reward/mean",
+    "actor/pg_loss",
+    "kl/mean",
+    "rollout/response_length/mean",
+    "rollout/logprob_mismatch",
+    "actor/grad_norm",
+    "advantage/abs_mean",
+)
 
 
 def _cfg(tmp_path, name, *extra):
@@ -61,10 +79,21 @@ class RecordingRoles(Roles):
     def __init__(self, *args, **kwargs) -> None:
         self.synced: list[list[int]] = []
         super().__init__(*args, **kwargs)
-        self.layout = (len(self.rollout.engines), self.policy.world_size, self.critic.world_size if self.critic else 0)
-        self.placement_groups = {name: [_placement_group_of(a) for a in actors] for name, actors in (
-            ("policy", self.policy.actors), ("critic", self.critic.actors if self.critic else []),
-            ("reference", [self.reference]), ("reward", [self.reward]), ("engines", self.rollout.engines))}
+        self.layout = (
+            len(self.rollout.engines),
+            self.policy.world_size,
+            self.critic.world_size if self.critic else 0,
+        )
+        self.placement_groups = {
+            name: [_placement_group_of(a) for a in actors]
+            for name, actors in (
+                ("policy", self.policy.actors),
+                ("critic", self.critic.actors if self.critic else []),
+                ("reference", [self.reference]),
+                ("reward", [self.reward]),
+                ("engines", self.rollout.engines),
+            )
+        }
         RecordingRoles.made.append(self)
 
     def sync_weights(self) -> None:
@@ -176,9 +205,18 @@ def _check_sane(rows: dict[int, dict]) -> None:
 
 
 def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recording, tmp_path):
-    cfg = _cfg(tmp_path, "zero3", "ppo.steps=2", "rollout.num_engines=2", "learner.world_size=2",
-               "learner.zero_stage=3", "ppo.advantage=gae", "critic.world_size=2", "critic.zero_stage=3",
-               "ppo.colocate=[critic,reference,reward]")
+    cfg = _cfg(
+        tmp_path,
+        "zero3",
+        "ppo.steps=2",
+        "rollout.num_engines=2",
+        "learner.world_size=2",
+        "learner.zero_stage=3",
+        "ppo.advantage=gae",
+        "critic.world_size=2",
+        "critic.zero_stage=3",
+        "ppo.colocate=[critic,reference,reward]",
+    )
     summary = ppo.run(cfg)
     assert summary["steps"] == 2 and "final_model" in summary
     (roles,) = _roles(recording, "zero3")
@@ -193,7 +231,12 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
     assert sorted(rows) == [1, 2]
     _check_sane(rows)
     for row in rows.values():
-        assert {"critic/explained_variance", "critic/value_loss", "critic/values_mean", "critic/grad_norm"} <= set(row)
+        assert {
+            "critic/explained_variance",
+            "critic/value_loss",
+            "critic/values_mean",
+            "critic/grad_norm",
+        } <= set(row)
     assert rows[1]["critic/values_mean"] != rows[2]["critic/values_mean"]  # the critic trained
 
 
@@ -210,18 +253,26 @@ def test_batch_sizes_unset_are_derived_and_set_ones_kept(tmp_path):
     assert (derived.global_batch_size, derived.micro_batch_size) == (16, 16)  # micro: gcd(default 32, 16)
     two_ranks = ppo_learner_config(_cfg(tmp_path, "b", "learner.world_size=2"), "learner")
     assert (two_ranks.global_batch_size, two_ranks.micro_batch_size) == (16, 8)
-    kept = ppo_learner_config(_cfg(tmp_path, "b", "learner.global_batch_size=16", "learner.micro_batch_size=4"),
-                              "learner")
+    kept = ppo_learner_config(
+        _cfg(tmp_path, "b", "learner.global_batch_size=16", "learner.micro_batch_size=4"), "learner"
+    )
     assert (kept.global_batch_size, kept.micro_batch_size) == (16, 4)
     # The shipped PPO jobs mean what they meant when the sizes were rewritten unconditionally.
-    for name, sizes in (("ppo.yaml", (64, 64)), ("demo.yaml", (64, 64)), ("ppo-qwen2.5-1.5b-zero3.yaml", (128, 8))):
+    for name, sizes in (
+        ("ppo.yaml", (64, 64)),
+        ("demo.yaml", (64, 64)),
+        ("ppo-qwen2.5-1.5b-zero3.yaml", (128, 8)),
+    ):
         learner = ppo_learner_config(load_config(REPO / "configs" / name), "learner")
         assert (learner.global_batch_size, learner.micro_batch_size) == sizes, name
 
 
 def test_batch_sizes_set_against_ppo_are_refused(tmp_path):
-    with pytest.raises(UserError, match=r"learner.global_batch_size 64 contradicts .* 16 sequences "
-                                        r"\(ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches"):
+    with pytest.raises(
+        UserError,
+        match=r"learner.global_batch_size 64 contradicts .* 16 sequences "
+        r"\(ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches",
+    ):
         ppo_learner_config(_cfg(tmp_path, "b", "learner.global_batch_size=64"), "learner")
     # Set in a base file counts as set.
     (tmp_path / "base.yaml").write_text("critic:\n  global_batch_size: 32\n")
@@ -229,6 +280,9 @@ def test_batch_sizes_set_against_ppo_are_refused(tmp_path):
     cfg = load_config(tmp_path / "job.yaml", TOY)
     with pytest.raises(UserError, match=r"critic.global_batch_size 32 contradicts .*ppo.num_minibatches"):
         ppo_learner_config(cfg, "critic")
-    with pytest.raises(UserError, match=r"learner.micro_batch_size 32 does not divide .* 16 sequences "
-                                        r".*ppo.num_minibatches.*learner.world_size 1"):
+    with pytest.raises(
+        UserError,
+        match=r"learner.micro_batch_size 32 does not divide .* 16 sequences "
+        r".*ppo.num_minibatches.*learner.world_size 1",
+    ):
         ppo_learner_config(_cfg(tmp_path, "b", "learner.micro_batch_size=32"), "learner")

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tandem.config import load_config
 from tandem.recipes import rm
 from tandem.tracking import read_metrics
+
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
 
 
 def test_rm_run_saves_a_sequence_classifier(ray_session, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    cfg = load_config("configs/rm.yaml", [
-        f"run.output_dir={tmp_path}", "run.name=rm", "model.path=tiny-qwen2",  # no SFT run in the tests
-        "data.num_train=16", "data.num_eval=8",
-        "learner.micro_batch_size=4", "learner.global_batch_size=8", "train.max_steps=2",
-    ])
+    cfg = load_config(
+        "configs/rm.yaml",
+        [
+            f"run.output_dir={tmp_path}",
+            "run.name=rm",
+            "model.path=tiny-qwen2",  # no SFT run in the tests
+            "data.num_train=16",
+            "data.num_eval=8",
+            "learner.micro_batch_size=4",
+            "learner.global_batch_size=8",
+            "train.max_steps=2",
+        ],
+    )
     summary = rm.run(cfg)
     assert summary["steps"] == 2
     assert {"eval/loss", "eval/accuracy", "eval/true_accuracy"} <= set(summary)

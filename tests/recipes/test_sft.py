@@ -12,10 +12,18 @@ from tandem.errors import UserError
 from tandem.recipes import sft
 from tandem.tracking import read_metrics
 
+pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
+
 TOY = [
-    "data.num_train=32", "data.num_eval=8", "model.max_response_len=16",
-    "learner.micro_batch_size=4", "learner.global_batch_size=8", "learner.optim.warmup_steps=1",
-    "train.max_steps=4", "train.eval_every=2", "train.num_generate_eval=4",
+    "data.num_train=32",
+    "data.num_eval=8",
+    "model.max_response_len=16",
+    "learner.micro_batch_size=4",
+    "learner.global_batch_size=8",
+    "learner.optim.warmup_steps=1",
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.num_generate_eval=4",
 ]
 
 
@@ -27,8 +35,11 @@ def _losses(run_dir):
     """step -> (train loss, held-out loss), NaN where a row has none."""
     rows = read_metrics(run_dir)
     nan = float("nan")
-    return {r["step"]: (r.get("train/loss", nan), r.get("eval/loss", nan))
-            for r in rows if "eval/loss" in r or "train/loss" in r}
+    return {
+        r["step"]: (r.get("train/loss", nan), r.get("eval/loss", nan))
+        for r in rows
+        if "eval/loss" in r or "train/loss" in r
+    }
 
 
 def _warm_imports():
@@ -84,6 +95,8 @@ def test_demonstrator_slips_reach_training_but_not_held_out(tmp_path):
     cfg = load_config("configs/demo-sft.yaml", ["data.num_train=400", "data.num_eval=400"])
     assert cfg.data.demo_error_rate == 0.3
     task = get_task("sort")
-    wrong = {split: sum(task.true_reward(r["prompt"], r["response"]) < 1 for r in load_records(cfg, "sft", split))
-             for split in ("train", "eval")}
+    wrong = {
+        split: sum(task.true_reward(r["prompt"], r["response"]) < 1 for r in load_records(cfg, "sft", split))
+        for split in ("train", "eval")
+    }
     assert wrong["eval"] == 0 and 80 < wrong["train"] < 150  # ~28% of 400
