@@ -183,15 +183,7 @@ class RewardScorer:
 
     @classmethod
     def from_config(cls, cfg: Config, rm_path: str | None = None) -> RewardScorer:
-        return cls(
-            cfg.reward.components,
-            cfg.data.task,
-            rm_path,
-            cfg.model.dtype,
-            cfg.reward.batch_size,
-            cfg.model.max_prompt_len,
-            cfg.model.max_response_len,
-        )
+        return cls(*_scorer_args(cfg, rm_path))
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> RewardResult:
         """Rewards of a batch; `prompts` are text or chat messages, `responses` decoded text."""
@@ -239,12 +231,18 @@ def make_reward_actor(
         **placement_options(cfg.reward.resources, placement),
         runtime_env={"env_vars": {**worker_env(), **tokens}},
     )
-    return actor.remote(
+    return actor.remote(*_scorer_args(cfg, rm_path))
+
+
+def _scorer_args(cfg: Config, rm_path: str | None) -> tuple:
+    """`RewardScorer`'s constructor arguments from a job's config (in-process or as an actor)."""
+    m = cfg.model
+    return (
         cfg.reward.components,
         cfg.data.task,
         rm_path,
-        cfg.model.dtype,
+        m.dtype,
         cfg.reward.batch_size,
-        cfg.model.max_prompt_len,
-        cfg.model.max_response_len,
+        m.max_prompt_len,
+        m.max_response_len,
     )
