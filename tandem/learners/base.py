@@ -33,17 +33,18 @@ import functools
 import os
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from tandem.config import LearnerConfig
 from tandem.learners.schedule import lr_multiplier
 
+T = TypeVar("T")
 DS_TAG = "state"  # the one tag under a checkpoint's deepspeed/ folder
 
 
@@ -65,6 +66,29 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
     if cfg.zero_stage == 3:
         ds["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
     return ds
+
+
+def rank_threads() -> int:
+    """This rank's share of the cores it may run on: Ray sets a 1-CPU actor's threads to 1 even when
+    the node's other cores sit idle, as they do while the learners train."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a learner method with `learner.threads` compute threads (default `rank_threads()`), then
+    return to Ray's count. For the calls during which every other role waits (training, held-out
+    loss); passes that run beside other roles (PPO's scoring) keep Ray's count."""
+
+    @functools.wraps(method)
+    def wrapper(self: DeepSpeedLearner, *args: Any, **kwargs: Any) -> T:
+        shared = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads or rank_threads())
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.set_num_threads(shared)
+
+    return wrapper
 
 
 def _import_model_classes() -> None:
@@ -179,6 +203,7 @@ class DeepSpeedLearner:
 
     # -- training -----------------------------------------------------------------------------
 
+    @on_all_cores
     def train_batch(self, examples: Sequence[Any]) -> dict[str, float]:
         """One optimizer step on this rank's share of a global batch (every rank calls it at once).
 
@@ -223,6 +248,7 @@ class DeepSpeedLearner:
             else 0.0
         )
 
+    @on_all_cores
     @torch.no_grad()
     def eval_loss(self, examples: Sequence[Any]) -> dict[str, float]:
         """Loss and metrics over the examples of all ranks (unit-weighted means; needs >= 1 per rank).
