@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Self
 
 from tandem.cluster.runtime import worker_env
@@ -89,17 +89,36 @@ def _bundle_nodes(pg, indices: Sequence[int]) -> list[str]:
     return [table[i] for i in indices]
 
 
+# Rank 0's rendezvous store, listening from the moment its port is published until the process
+# group meets through it. A port only probed free and bound later (at `setup`) was taken meanwhile now
+# and then: vLLM's gloo groups and Ray's workers bind ephemeral ports while the other roles start.
+_MASTER_STORE: Any = None
+
+
 def _publish_master(actor: Any) -> tuple[str, int]:
-    """Runs inside rank 0 (via `__ray_call__`): its node address and a free port there, also set
-    in its own environment so its later `init_process_group` finds them."""
+    """Runs inside rank 0 (via `__ray_call__`): its node address and the port of the rendezvous store
+    it opens there, also set in its own environment (MASTER_ADDR/PORT)."""
+    global _MASTER_STORE
     import ray
+    import torch.distributed as dist
 
     addr = ray.util.get_node_ip_address()
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
+    _MASTER_STORE = dist.TCPStore(addr, 0, world_size=None, is_master=True, wait_for_workers=False)
+    port = _MASTER_STORE.port
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     return addr, port
+
+
+def rendezvous_store(rank: int, timeout: timedelta) -> Any:
+    """The store a rank's default process group meets through: on rank 0 of an ActorGroup the one it
+    opened when it published its port; elsewhere a client of MASTER_ADDR/PORT (rank 0 outside an
+    ActorGroup hosts it there, as torch's env:// rendezvous would)."""
+    import torch.distributed as dist
+
+    if _MASTER_STORE is not None:
+        return _MASTER_STORE
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    return dist.TCPStore(addr, port, world_size=None, is_master=rank == 0, timeout=timeout)
 
 
 class ActorGroup:

@@ -69,9 +69,11 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
 
 
 def rank_threads() -> int:
-    """This rank's share of the cores it may run on: Ray sets a 1-CPU actor's threads to 1 even when
-    the node's other cores sit idle, as they do while the learners train."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    """This rank's share of its node's cores: split among the learner ranks on the node, which train
+    while the other roles wait."""
+    from tandem.cluster.runtime import core_share
+
+    return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
@@ -179,6 +181,9 @@ class DeepSpeedLearner:
         import sys
 
         import deepspeed
+        import torch.distributed as dist
+
+        from tandem.cluster.groups import rendezvous_store
 
         if on_gpu:
             # Ray gives each rank its own GPU(s) through CUDA_VISIBLE_DEVICES, renumbered from 0.
@@ -195,11 +200,14 @@ class DeepSpeedLearner:
             sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        deepspeed.init_distributed(
-            dist_backend="nccl" if on_gpu else "gloo",
-            auto_mpi_discovery=False,
-            timeout=timedelta(seconds=self.cfg.collective_timeout_s),
-        )
+        backend, timeout = ("nccl" if on_gpu else "gloo"), timedelta(seconds=self.cfg.collective_timeout_s)
+        if not dist.is_initialized():
+            # Through the store rank 0 holds open (see `rendezvous_store`); DeepSpeed then adopts the group.
+            store = rendezvous_store(self.rank, timeout)
+            dist.init_process_group(
+                backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout
+            )
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
 
     # -- training -----------------------------------------------------------------------------
 

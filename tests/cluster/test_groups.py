@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from ray import cloudpickle
@@ -89,3 +90,19 @@ def test_dead_rank_is_named_fast(ray_session):
 def test_unplaceable_group_fails(ray_session):
     with pytest.raises(ActorGroupError, match="not available within"):
         ActorGroup("huge", Worker, 2, cpus_per_actor=1000, ready_timeout_s=1, args=("t",))
+
+
+def test_rank_zero_holds_the_port_it_publishes(monkeypatch):
+    """Rank 0's rendezvous store listens on the published port from then on, so no process starting
+    before the learners' `setup` (vLLM's gloo groups, Ray's workers) can take it."""
+    import socket
+
+    from tandem.cluster import groups
+
+    monkeypatch.setattr(groups, "_MASTER_STORE", None)
+    monkeypatch.setenv("MASTER_ADDR", "")
+    monkeypatch.setenv("MASTER_PORT", "")
+    addr, port = groups._publish_master(None)
+    with socket.socket() as s, pytest.raises(OSError):
+        s.bind((addr, port))
+    assert groups.rendezvous_store(0, timedelta(seconds=5)) is groups._MASTER_STORE
