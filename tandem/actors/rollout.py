@@ -41,7 +41,7 @@ class RolloutEngine:
     """The body of a rollout actor (wrapped with `ray.remote` by `RolloutGroup`; usable in-process)."""
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0) -> None:
-        from tandem.cluster.runtime import cuda_available, setup_env
+        from tandem.cluster.runtime import core_share, cuda_available, setup_env
 
         setup_env()  # before vLLM is imported: the in-process engine on CPU
         from vllm import LLM
@@ -51,6 +51,11 @@ class RolloutEngine:
         self.model_cfg, self.rollout_cfg = model, rollout
         self.path = resolve_model(model.path)
         on_gpu = cuda_available()
+        if not on_gpu:
+            import torch
+
+            # Before the engine starts: vLLM's CPU worker then disables torch.set_num_threads.
+            torch.set_num_threads(rollout.threads or core_share(rollout.num_engines))
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": rollout.gpu_memory_utilization}
             if on_gpu
@@ -199,11 +204,14 @@ class RolloutEngine:
         return self.version
 
     def info(self) -> dict[str, Any]:
-        """Model path, startup seconds, weight version and the last sync's numbers (tensors, bytes,
-        total_s, receive_s: the rest is vLLM's loading), for the driver's logs."""
+        """Model path, startup seconds, compute threads, weight version and the last sync's numbers
+        (tensors, bytes, total_s, receive_s: the rest is vLLM's loading), for the driver's logs."""
+        import torch
+
         return {
             "path": self.path,
             "startup_s": self.startup_s,
+            "threads": torch.get_num_threads(),
             "weight_version": self.version,
             "last_sync": self.last_sync,
         }

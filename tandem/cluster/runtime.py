@@ -17,6 +17,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def core_share(sharers: int) -> int:
+    """This process's share of the cores it may run on, split `sharers` ways (at least 1 thread).
+
+    Ray gives an actor as many compute threads as Ray CPUs (1 by default) even while the node's
+    other cores sit idle; in the synchronous loops a role that computes alone takes its share instead.
+    """
+    return max(1, len(os.sched_getaffinity(0)) // max(1, sharers))
+
+
 def setup_env() -> None:
     """Environment defaults every tandem process needs, set before vLLM/DeepSpeed are imported.
 

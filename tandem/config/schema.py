@@ -203,6 +203,9 @@ class RolloutConfig(_Section):
     """GPUs per engine (tensor parallel); 1 on CPU."""
     cpus_per_engine: float = Field(1.0, gt=0)
     """Ray CPUs of each engine."""
+    threads: int | None = Field(None, ge=1)
+    """Compute threads of each engine on CPU. None: the node's cores over `num_engines`, since in the
+    synchronous loop the engines generate while every other role waits (Ray's CPU count gives 1)."""
     gpus_per_engine: float = Field(0.0, ge=0)
     """Ray GPUs of each engine (0 on CPU)."""
     kv_cache_mb: int = Field(128, ge=8)

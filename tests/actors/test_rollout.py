@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tandem.actors.rollout import RolloutGroup, Sample, _split
+from tandem.cluster.runtime import core_share
 from tandem.config import Config
 
 CFG = Config.model_validate(
@@ -51,6 +52,8 @@ def test_split_is_contiguous_and_balanced():
 def test_engines_report_startup(group):
     infos = group.wait_ready()
     assert len(infos) == 2 and all(0 < i["startup_s"] < 120 and i["weight_version"] == 0 for i in infos)
+    # On CPU each engine computes on its share of the node's cores, not on Ray's 1 CPU.
+    assert all(i["threads"] == core_share(2) for i in infos)
 
 
 def test_samples_are_prompt_major_and_complete(samples, prompt_ids, tokenizer):
