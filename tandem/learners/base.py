@@ -33,18 +33,18 @@ import functools
 import os
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from tandem.config import LearnerConfig
 from tandem.learners.schedule import lr_multiplier
+from tandem.learners.threads import on_all_cores
 
-T = TypeVar("T")
 DS_TAG = "state"  # the one tag under a checkpoint's deepspeed/ folder
 
 
@@ -66,31 +66,6 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
     if cfg.zero_stage == 3:
         ds["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
     return ds
-
-
-def rank_threads() -> int:
-    """This rank's share of its node's cores: split among the learner ranks on the node, which train
-    while the other roles wait."""
-    from tandem.cluster.runtime import core_share
-
-    return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a learner method with `learner.threads` compute threads (default `rank_threads()`), then
-    return to Ray's count. For the calls during which every other role waits (training, held-out
-    loss); passes that run beside other roles (PPO's scoring) keep Ray's count."""
-
-    @functools.wraps(method)
-    def wrapper(self: DeepSpeedLearner, *args: Any, **kwargs: Any) -> T:
-        shared = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or rank_threads())
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            torch.set_num_threads(shared)
-
-    return wrapper
 
 
 def _import_model_classes() -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tandem.config import LearnerConfig
-from tandem.learners.base import DeepSpeedLearner, on_all_cores, rank_threads
+from tandem.learners.base import DeepSpeedLearner
+from tandem.learners.threads import on_all_cores, rank_threads
 
 CORES = len(os.sched_getaffinity(0))
 
