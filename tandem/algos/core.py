@@ -81,16 +81,10 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     Uses ``H = logsumexp(z) - sum_v softmax(z)_v z_v``, which never takes the log of a
     probability, so it stays finite for very peaked logits. The logits are first shifted so
     their max is 0, which keeps the two terms small for very large logits, where their
-    difference would otherwise cancel to float32 rounding error. Half-precision (B, T, V) logits
-    are upcast one sequence at a time, as in ``logprobs_from_logits``: a float32 (B, T, V) copy of a
-    151k-token vocabulary is gigabytes per micro-batch.
+    difference would otherwise cancel to float32 rounding error. (For half-precision logits a
+    learner wants ``logprobs_and_entropy``, which upcasts one sequence at a time.)
     """
-    if logits.dtype not in (torch.float32, torch.float64) and logits.dim() == 3:
-        return torch.stack([_entropy(row.float()) for row in logits])
-    return _entropy(_at_least_float32(logits))
-
-
-def _entropy(logits: Tensor) -> Tensor:
+    logits = _at_least_float32(logits)
     logits = logits - logits.amax(dim=-1, keepdim=True).detach()
     probs = torch.softmax(logits, dim=-1)
     # A -inf logit (a masked token) has probability 0 and adds nothing, not 0 * -inf = nan.
