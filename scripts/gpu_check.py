@@ -206,6 +206,21 @@ def policy_learner(model_dir: str, size: Size, zero_stage: int, precision: str, 
     return learner
 
 
+def throughput(n_params: int, tokens: int, seconds: list[float], peak_tflops: float | None) -> dict:
+    """Training figures of `tokens` per step taking `seconds` (the timed steps): tokens/s, achieved
+    TFLOP/s and MFU, at 6 x params FLOPs per token (forward and backward)."""
+    step_s = sum(seconds) / len(seconds)
+    flops = 6 * n_params * tokens / step_s
+    return {
+        "params": n_params,
+        "tokens_per_step": tokens,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "achieved_tflops": flops / 1e12,
+        "mfu": flops / (peak_tflops * 1e12) if peak_tflops else None,
+    }
+
+
 def _mean(rows: list[list[float]]) -> float:
     values = [v for row in rows for v in row]
     return sum(values) / len(values)
@@ -243,14 +258,8 @@ def check_train(
         profile_step(lambda: learner.train_batch(examples), learner.device, profile_to)
     last_logprob = _mean(learner.logprobs(batch))
     tokens = size.global_batch * (size.prompt_len + size.response_len)
-    step_s = sum(seconds) / len(seconds)
     figures = {
-        "params": n_params,
-        "tokens_per_step": tokens,
-        "step_s": step_s,
-        "tokens_per_s": tokens / step_s,
-        "achieved_tflops": 6 * n_params * tokens / step_s / 1e12,
-        "mfu": 6 * n_params * tokens / step_s / (peak_tflops * 1e12) if peak_tflops else None,
+        **throughput(n_params, tokens, seconds, peak_tflops),
         "losses": losses,
         "mean_logprob_before": first_logprob,
         "mean_logprob_after": last_logprob,
@@ -303,17 +312,8 @@ def check_plain_baseline(model_dir: str, size: Size, peak_tflops: float | None) 
         if step >= size.warmup_steps:
             seconds.append(time.perf_counter() - started)
     n_params = sum(p.numel() for p in model.parameters())
-    tokens, step_s = ids.numel(), sum(seconds) / len(seconds)
     del model, optimizer
-    return {
-        "params": n_params,
-        "tokens_per_step": tokens,
-        "step_s": step_s,
-        "tokens_per_s": tokens / step_s,
-        "achieved_tflops": 6 * n_params * tokens / step_s / 1e12,
-        "mfu": 6 * n_params * tokens / step_s / (peak_tflops * 1e12) if peak_tflops else None,
-        "ok": math.isfinite(loss.item()),
-    }
+    return {**throughput(n_params, ids.numel(), seconds, peak_tflops), "ok": math.isfinite(loss.item())}
 
 
 def plain_logprobs(model: Any, examples: list[dict], device: torch.device) -> list[list[float]]:
