@@ -1,12 +1,17 @@
 """The reference actor: a frozen copy of the initial policy that scores responses with per-token
-logprobs, in the rollout layout (response tokens only, one value per token), for the KL penalty."""
+logprobs, in the rollout layout (response tokens only, one value per token), for the KL penalty.
+It reads the step's `Rows` from the object store, like the learners."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandem.config import Config
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tandem.models.rows import Rows
 
 
 class ReferenceModel:
@@ -24,13 +29,21 @@ class ReferenceModel:
         self.pad_id = load_tokenizer(path).pad_token_id
         self.batch_size = batch_size
 
-    def logprobs(
-        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
-    ) -> list[list[float]]:
-        """log p_ref(response[t] | prompt, response[:t]) for every response token of every sequence."""
-        from tandem.models.tokens import response_logprobs
+    def logprobs(self, rows: Rows) -> np.ndarray:
+        """log p_ref(response[t] | prompt, response[:t]) of every response token, in the rollout
+        layout (B, R); `batch_size` rows per forward."""
+        import torch
 
-        return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.batch_size)
+        from tandem.models.rows import concat_rows
+        from tandem.models.tokens import token_logprobs
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows.select(slice(start, start + self.batch_size))
+                logprobs, _ = token_logprobs(self.model, chunk.tokens(self.device))
+                out.append(chunk.from_targets(logprobs))
+        return concat_rows(out)
 
 
 def make_reference_actor(

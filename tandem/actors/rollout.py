@@ -40,7 +40,9 @@ class Sample:
 class RolloutEngine:
     """The body of a rollout actor (wrapped with `ray.remote` by `RolloutGroup`; usable in-process)."""
 
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0) -> None:
+    def __init__(
+        self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, core_sharers: int = 1
+    ) -> None:
         from tandem.cluster.runtime import core_share, cuda_available, setup_env
 
         setup_env()  # before vLLM is imported: the in-process engine on CPU
@@ -55,7 +57,8 @@ class RolloutEngine:
             import torch
 
             # Before the engine starts: vLLM's CPU worker then disables torch.set_num_threads.
-            torch.set_num_threads(rollout.threads or core_share(rollout.num_engines))
+            # `core_sharers` 2: the learners train while it generates (asynchronous PPO).
+            torch.set_num_threads(rollout.threads or core_share(rollout.num_engines * core_sharers))
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": rollout.gpu_memory_utilization}
             if on_gpu
@@ -232,7 +235,7 @@ class RolloutGroup:
     """The driver's handle on `rollout.num_engines` engine actors: spreads prompts over them and
     gathers results in prompt order."""
 
-    def __init__(self, cfg: Config, engines: Sequence[Any] | None = None) -> None:
+    def __init__(self, cfg: Config, engines: Sequence[Any] | None = None, core_sharers: int = 1) -> None:
         import ray
 
         from tandem.cluster.runtime import worker_env
@@ -255,7 +258,9 @@ class RolloutGroup:
                 if r.tensor_parallel_size > 1:
                     options.update(self._tensor_parallel_options(r))
                 # Engine seeds differ so unseeded engines do not draw the same samples.
-                self.engines.append(actor.options(**options).remote(cfg.model, r, cfg.run.seed + i))
+                self.engines.append(
+                    actor.options(**options).remote(cfg.model, r, cfg.run.seed + i, core_sharers)
+                )
             self.wait_ready()
         except BaseException:
             self.shutdown()  # no half-started group left holding CPUs/GPUs
@@ -283,10 +288,10 @@ class RolloutGroup:
 
         return ray.get([e.info.remote() for e in self.engines])
 
-    def _fan_out(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:
-        """Contiguous slices of the items to the engines at once; results concatenated in order."""
-        import ray
-
+    def submit(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Contiguous slices of the items to the engines at once; returns the calls' refs (`gather`
+        waits for them). An engine runs its calls in order: a weight sync submitted later loads once
+        this call is done, so it samples with the weights it had when called."""
         parts = [(a, b) for a, b in _split(len(items), len(self.engines)) if b > a]
         refs = []
         for engine, (a, b) in zip(self.engines, parts):
@@ -295,18 +300,25 @@ class RolloutGroup:
             refs.append(
                 getattr(engine, method).remote(items[a:b], *(x[a:b] for x in extra), **kwargs, **offset)
             )
-        return [item for chunk in ray.get(refs) for item in chunk]
+        return refs
+
+    @staticmethod
+    def gather(refs: Sequence[Any]) -> list[Any]:
+        """The results of `submit`'s calls, concatenated in request order."""
+        import ray
+
+        return [item for chunk in ray.get(list(refs)) for item in chunk]
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False, **kwargs: Any
     ) -> list[Sample]:
         """`n` samples per prompt over all engines, prompt-major in the order of `prompt_token_ids`."""
-        return self._fan_out("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs)
+        return self.gather(self.submit("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs))
 
     def generate_text(
         self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any
     ) -> list[Sample]:
-        return self._fan_out("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
+        return self.gather(self.submit("generate_text", list(prompts), n=n, greedy=greedy, **kwargs))
 
     def shutdown(self) -> None:
         import ray

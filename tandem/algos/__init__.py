@@ -3,9 +3,9 @@
 Nothing here imports Ray, DeepSpeed, vLLM, transformers or config objects: every function takes
 tensors and plain numbers and returns tensors (and, for losses, a dict of float metrics).
 Algorithms are chosen by name through the registries (``get_adv_est``, ``get_kl_estimator``,
-``get_policy_loss``, ``get_preference_loss``, ``make_kl_controller``); the registries themselves
-(``ADV_ESTIMATORS``, ``KL_ESTIMATORS``, ``KL_CONTROLLERS``, ``POLICY_LOSSES``, ``PREFERENCE_LOSSES``)
-hold the only list of valid names.
+``get_policy_loss``, ``get_preference_loss``, ``get_off_policy_correction``, ``make_kl_controller``);
+the registries themselves (``ADV_ESTIMATORS``, ``KL_ESTIMATORS``, ``KL_CONTROLLERS``, ``POLICY_LOSSES``,
+``PREFERENCE_LOSSES``, ``OFF_POLICY_CORRECTIONS``) hold the only list of valid names.
 """
 
 from tandem.algos.advantages import (
@@ -33,6 +33,12 @@ from tandem.algos.kl_control import (
     make_kl_controller,
 )
 from tandem.algos.losses import bradley_terry_loss, dpo_loss, policy_loss, value_loss
+from tandem.algos.offpolicy import (
+    OFF_POLICY_CORRECTIONS,
+    OffPolicyCorrection,
+    get_off_policy_correction,
+    is_ratio,
+)
 from tandem.algos.registry import (
     ADV_ESTIMATORS,
     KL_ESTIMATORS,
@@ -57,6 +63,7 @@ __all__ = [
     "ADV_ESTIMATORS",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
+    "OFF_POLICY_CORRECTIONS",
     "POLICY_LOSSES",
     "PREFERENCE_LOSSES",
     "AdaptiveKLController",
@@ -64,6 +71,7 @@ __all__ = [
     "FixedKLController",
     "KLController",
     "KLEstimator",
+    "OffPolicyCorrection",
     "PolicyLoss",
     "PreferenceLoss",
     "Registry",
@@ -75,9 +83,11 @@ __all__ = [
     "explained_variance",
     "get_adv_est",
     "get_kl_estimator",
+    "get_off_policy_correction",
     "get_policy_loss",
     "get_preference_loss",
     "group_advantages",
+    "is_ratio",
     "kl_estimate",
     "kl_k1",
     "kl_k2",

@@ -40,6 +40,7 @@ KLEstimatorName = Annotated[str, _registered("KL_ESTIMATORS")]
 KLControllerName = Annotated[str, _registered("KL_CONTROLLERS")]
 PolicyLossName = Annotated[str, _registered("POLICY_LOSSES")]
 PreferenceLossName = Annotated[str, _registered("PREFERENCE_LOSSES")]
+OffPolicyName = Annotated[str, _registered("OFF_POLICY_CORRECTIONS")]
 
 
 class _Section(BaseModel):
@@ -143,7 +144,8 @@ class LearnerConfig(_Section):
     """Recompute activations in the backward pass to save memory."""
     threads: int | None = Field(None, ge=1)
     """Compute threads of each rank while it trains or takes a held-out loss, when every other role
-    waits. None: the node's cores shared by the ranks on it (Ray's CPU count alone would give 1).
+    waits. None: the node's cores shared by the ranks on it (Ray's CPU count alone would give 1);
+    half that in asynchronous PPO (`ppo.max_staleness` >= 1), where the engines generate meanwhile.
     PPO's scoring passes, which run beside the reward and reference actors, keep Ray's count."""
     collective_timeout_s: int = Field(300, ge=10)
     """A collective waiting longer than this fails (a dead rank surfaces as an error, not a hang)."""
@@ -205,7 +207,8 @@ class RolloutConfig(_Section):
     """Ray CPUs of each engine."""
     threads: int | None = Field(None, ge=1)
     """Compute threads of each engine on CPU. None: the node's cores over `num_engines`, since in the
-    synchronous loop the engines generate while every other role waits (Ray's CPU count gives 1)."""
+    synchronous loop the engines generate while every other role waits (Ray's CPU count gives 1);
+    half that in asynchronous PPO (`ppo.max_staleness` >= 1), where the learners train meanwhile."""
     gpus_per_engine: float = Field(0.0, ge=0)
     """Ray GPUs of each engine (0 on CPU)."""
     kv_cache_mb: int = Field(128, ge=8)
@@ -309,6 +312,18 @@ class PPOConfig(_Section):
     """Adaptive controller: target KL per sequence."""
     kl_horizon: int = Field(10000, ge=1)
     """Adaptive controller: horizon in samples."""
+    max_staleness: int = Field(0, ge=0)
+    """Asynchronous rollout: the engines draw up to K batches ahead while the learners train, so a
+    sample may be up to K weight versions behind the policy it trains (older ones are refused).
+    0: on-policy, generation and training take turns."""
+    off_policy: OffPolicyName = "tis"
+    """Correction for samples drawn by other weights (staleness) or other kernels (engine vs learner),
+    by its name in `tandem.algos`: tis (truncated importance weights), mis (masked), decoupled
+    (untruncated), none."""
+    is_cap: float = Field(2.0, gt=1)
+    """The importance-weight cap C: tis truncates at C, mis masks ratios outside [1/C, C]."""
+    is_level: Literal["token", "sequence"] = "token"
+    """Importance ratios per token, or per response (the geometric mean of its tokens' ratios)."""
     save_every: int = Field(0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     sample_table_every: int = Field(5, ge=1)

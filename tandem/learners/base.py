@@ -101,6 +101,7 @@ class DeepSpeedLearner:
         self.engine: Any = None
         self.model: Any = None
         self.device = torch.device("cpu")
+        self.core_sharers = 1  # roles computing beside this one's training on its node, itself included
 
     # -- hooks for subclasses -----------------------------------------------------------------
 
@@ -116,6 +117,11 @@ class DeepSpeedLearner:
 
     def loss_units(self, example: Any) -> int:
         return 1
+
+    def count_units(self, examples: Sequence[Any]) -> int:
+        """Units in a sequence of examples (a subclass whose examples are one batch of rows may count
+        them at once)."""
+        return sum(self.loss_units(e) for e in examples)
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -199,7 +205,7 @@ class DeepSpeedLearner:
             raise ValueError(f"rank {self.rank}: train_batch needs {expected} examples, got {len(examples)}")
         self.engine.train()
         lr = float(self.engine.get_lr()[0])
-        total_units = self._all_reduce([float(sum(self.loss_units(e) for e in examples))])[0]
+        total_units = self._all_reduce([float(self.count_units(examples))])[0]
         sums: dict[str, float] = defaultdict(float)
         norm = None
         for start in range(0, len(examples), self.cfg.micro_batch_size):
@@ -244,7 +250,7 @@ class DeepSpeedLearner:
         self.engine.eval()
         mbs = self.cfg.micro_batch_size
         chunks = [examples[i : i + mbs] for i in range(0, len(examples), mbs)]
-        total_units = self._all_reduce([float(sum(self.loss_units(e) for e in examples))])[0]
+        total_units = self._all_reduce([float(self.count_units(examples))])[0]
         n_chunks = int(self._all_reduce([float(len(chunks))], op="max")[0])
         sums: dict[str, float] = defaultdict(float)
         for i in range(n_chunks):
@@ -262,8 +268,13 @@ class DeepSpeedLearner:
         return t.tolist()
 
     def _reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        keys = sorted(sums)  # every rank has the same keys in the same order
-        return dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True))
+        """Unit-weighted sums over all ranks; metrics named "*_max" are maxima instead."""
+        keys = sorted(k for k in sums if not k.endswith("_max"))  # same keys, same order on every rank
+        maxima = sorted(k for k in sums if k.endswith("_max"))
+        out = dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True))
+        if maxima:
+            out |= dict(zip(maxima, self._all_reduce([sums[k] for k in maxima], op="max"), strict=True))
+        return out
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -344,7 +355,10 @@ class DeepSpeedLearner:
 
 def _accumulate(sums: dict[str, float], metrics: dict[str, float], weight: float) -> None:
     for key, value in metrics.items():
-        sums[key] += float(value) * weight
+        if key.endswith("_max"):  # a maximum over micro-batches, not a weighted mean
+            sums[key] = max(sums.get(key, float("-inf")), float(value))
+        else:
+            sums[key] += float(value) * weight
 
 
 def _quiet_libraries() -> None:

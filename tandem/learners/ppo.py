@@ -1,45 +1,49 @@
 """The PPO policy and critic learners.
 
-Examples arrive from the driver in the rollout layout, one dict per sampled response:
-`prompt_ids`, `response_ids` (lists) and per-response-token lists (`old_logprobs`, `advantages`,
-`returns`, `values`), one value per response token. On the learner, row i of a right-padded
-TokenBatch holds its response tokens exactly where `next_token_targets`' mask is 1, in order, so
-scattering the concatenated per-token lists into that mask lines every value up with its token.
+Rollout batches arrive as `tandem.models.rows.Rows` (token layout plus per-response-token arrays),
+one object-store reference per step; each rank is told which rows are its share. Scoring passes
+(pi_old logprobs, critic values) answer in the rollout layout, (B, R) arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
-from tandem.algos import get_policy_loss, logprobs_and_entropy, logprobs_from_logits, masked_mean, value_loss
+from tandem.algos import (
+    get_off_policy_correction,
+    get_policy_loss,
+    logprobs_and_entropy,
+    logprobs_from_logits,
+    masked_mean,
+    value_loss,
+)
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.batching import sft_batch
+from tandem.models.rows import Rows, concat_rows
 from tandem.models.tokens import TokenBatch, next_token_targets
 
 
-def scatter_tokens(examples: Sequence[dict], key: str, mask: torch.Tensor) -> torch.Tensor:
-    """Per-response-token lists -> a tensor shaped like `mask` (B, T-1), placed where it is 1."""
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    values = [v for e in examples for v in e[key]]
-    out[mask.bool()] = torch.tensor(values, dtype=torch.float32, device=mask.device)
-    return out
-
-
-def gather_tokens(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
-    """(B, T-1) values -> per-row lists of the entries where `mask` is 1 (the inverse of scatter)."""
-    return [row[m.bool()].tolist() for row, m in zip(values.float().cpu(), mask.cpu())]
-
-
 class _RolloutLearner(DeepSpeedLearner):
-    """Shared by policy and critic: rollout examples, token-mean losses, no-grad scoring passes."""
+    """Shared by policy and critic: rows of a rollout batch, token-mean losses, no-grad scoring.
+    `core_sharers` 2: the engines generate while this trains (asynchronous PPO), so it takes half
+    the threads it would alone."""
 
-    def collate(self, examples: Sequence[dict]) -> tuple[TokenBatch, list[dict]]:
-        return sft_batch(examples, self.pad_id).to(self.device), list(examples)
+    def __init__(self, *args, core_sharers: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.core_sharers = core_sharers
 
-    def loss_units(self, example: dict) -> int:
-        return len(example["response_ids"])
+    def collate(self, rows: Rows) -> Rows:
+        return rows
+
+    def count_units(self, rows: Rows) -> int:
+        return int(rows["mask"].sum())
+
+    def train_rollout(self, tokens: Rows, train: Rows, index: Sequence[int]) -> dict[str, float]:
+        """One optimizer step on rows `index` of a step's batch (`tokens`, with the per-token arrays
+        of `train`); every rank calls it at once with its share."""
+        return self.train_batch(tokens.merge(train).select(index))
 
     def _forward(self, batch: TokenBatch) -> torch.Tensor:
         return self.engine(
@@ -47,23 +51,24 @@ class _RolloutLearner(DeepSpeedLearner):
         ).logits
 
     @torch.no_grad()
-    def _score(self, examples: Sequence[dict], fn) -> list[list[float]]:
-        """`fn(logits, batch) -> (B, T-1)` over this rank's examples, per micro-batch.
+    def _score(self, rows: Rows, fn: Callable[[torch.Tensor, TokenBatch], torch.Tensor]) -> np.ndarray:
+        """`fn(logits, batch) -> (B, T-1)` over these rows per micro-batch, in the rollout layout (B, R).
 
         Under ZeRO-3 each forward is a collective, so every rank runs as many micro-batches as the
         rank with the most (repeating its last one and dropping the result).
         """
         self.engine.eval()
         mbs = self.cfg.micro_batch_size
-        chunks = [examples[i : i + mbs] for i in range(0, len(examples), mbs)]
+        chunks = [rows.select(slice(i, i + mbs)) for i in range(0, len(rows), mbs)]
         n_chunks = int(self._all_reduce([float(len(chunks))], op="max")[0])
-        out: list[list[float]] = []
+        out = []
         for i in range(n_chunks):
-            batch, _ = self.collate(chunks[min(i, len(chunks) - 1)])
+            chunk = chunks[min(i, len(chunks) - 1)]
+            batch = chunk.tokens(self.device)
             values = fn(self._forward(batch), batch)
             if i < len(chunks):
-                out += gather_tokens(values, next_token_targets(batch)[1])
-        return out
+                out.append(chunk.from_targets(values))
+        return concat_rows(out)
 
 
 class PolicyLearner(_RolloutLearner):
@@ -71,11 +76,21 @@ class PolicyLearner(_RolloutLearner):
     surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus."""
 
     def __init__(
-        self, *args, policy_loss: str = "ppo", clip_eps: float = 0.2, entropy_coef: float = 0.0, **kwargs
+        self,
+        *args,
+        policy_loss: str = "ppo",
+        clip_eps: float = 0.2,
+        entropy_coef: float = 0.0,
+        off_policy: str = "none",
+        is_cap: float = 2.0,
+        is_level: str = "token",
+        **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.policy_loss = get_policy_loss(policy_loss)
+        self.correction = get_off_policy_correction(off_policy)
         self.clip_eps, self.entropy_coef = clip_eps, entropy_coef
+        self.is_cap, self.is_level = is_cap, is_level
 
     def build_model(self) -> torch.nn.Module:
         from tandem.models import load_causal_lm, load_tokenizer
@@ -83,26 +98,30 @@ class PolicyLearner(_RolloutLearner):
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         return load_causal_lm(self.model_path, "float32")
 
-    def logprobs(self, examples: Sequence[dict]) -> list[list[float]]:
-        """log pi(response token | context) under the current weights: PPO's pi_old."""
+    def logprobs(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
+        """log pi(response token | context) of rows `index` under the current weights (B, R): PPO's
+        pi_old, when it is not the training forward itself (see `compute_loss`)."""
         return self._score(
-            examples, lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:])
+            rows.select(index), lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:])
         )
 
-    def compute_loss(
-        self, batch: tuple[TokenBatch, list[dict]]
-    ) -> tuple[torch.Tensor, int, dict[str, float]]:
-        tokens, examples = batch
+    def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+        tokens = rows.tokens(self.device)
         labels, mask = next_token_targets(tokens)
         logits = self._forward(tokens)[:, :-1]  # (B, T-1, V)
         # (B, T-1) each; the entropy is a metric unless it is a bonus in the loss.
         logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
-        old = scatter_tokens(examples, "old_logprobs", mask)
-        advantages = scatter_tokens(examples, "advantages", mask)
+        # pi_old: given when the weights moved since the batch was scored (a later minibatch or
+        # epoch); otherwise it is this very forward, detached (the ratio's value is 1, its gradient not).
+        old = rows.at_targets("old_logprobs", self.device) if "old_logprobs" in rows else logprobs.detach()
+        behaviour = rows.at_targets("behaviour_logprobs", self.device)
+        weights, is_metrics = self.correction(old, behaviour, mask, cap=self.is_cap, level=self.is_level)
+        advantages = rows.at_targets("advantages", self.device) * weights
         pg_loss, metrics = self.policy_loss(logprobs, old, advantages, mask, self.clip_eps)
         entropy = masked_mean(entropies, mask)
         loss = pg_loss - self.entropy_coef * entropy if self.entropy_coef else pg_loss
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
+        metrics |= {f"offpolicy/{k}": float(v) for k, v in is_metrics.items()}
         metrics["actor/entropy"] = float(entropy)
         # The surrogate alone; the learner reports the total (with the entropy bonus) as "actor/loss".
         metrics["actor/pg_loss"] = pg_loss.item()
@@ -126,18 +145,16 @@ class CriticLearner(_RolloutLearner):
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         return load_value_model(self.model_path)
 
-    def values(self, examples: Sequence[dict]) -> list[list[float]]:
-        """V(state before each response token) under the current weights."""
-        return self._score(examples, lambda logits, b: logits[:, :-1, 0])
+    def values(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
+        """V(state before each response token) of rows `index` under the current weights (B, R)."""
+        return self._score(rows.select(index), lambda logits, b: logits[:, :-1, 0])
 
-    def compute_loss(
-        self, batch: tuple[TokenBatch, list[dict]]
-    ) -> tuple[torch.Tensor, int, dict[str, float]]:
-        tokens, examples = batch
+    def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+        tokens = rows.tokens(self.device)
         _, mask = next_token_targets(tokens)
         values = self._forward(tokens)[:, :-1, 0].float()  # (B, T-1)
-        old = scatter_tokens(examples, "values", mask)
-        returns = scatter_tokens(examples, "returns", mask)
+        old = rows.at_targets("values", self.device)
+        returns = rows.at_targets("returns", self.device)
         loss, metrics = value_loss(values, old, returns, mask, self.value_clip_eps)
         metrics = {f"critic/{k}": float(v) for k, v in metrics.items()}
         metrics["critic/value_loss"] = loss.item()

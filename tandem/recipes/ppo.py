@@ -13,25 +13,62 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+
 from tandem.algos import make_kl_controller
 from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder
 from tandem.errors import UserError
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
-from tandem.recipes.ppo_roles import Roles, needs_critic, ppo_learner_config
+from tandem.recipes.ppo_roles import Generation, Roles, needs_critic, ppo_learner_config
 from tandem.recipes.run_dir import Run, finish_run, layout, start_run
 
 
+class CpuClock:
+    """Busy CPU seconds of the whole node per stage (all processes: every role, not only the driver),
+    from the kernel's counters; `utilisation()` gives each stage's busy share of the node's cores."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._cores = psutil.cpu_count() or 1
+        self.busy: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+
+    @staticmethod
+    def now() -> float:
+        import psutil
+
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def utilisation(self) -> dict[str, float]:
+        # The kernel counts in 10 ms ticks: a shorter stage's share would be noise.
+        return {
+            f"perf/cpu_util/{stage}": self.busy[stage] / (self.wall[stage] * self._cores)
+            for stage in self.busy
+            if self.wall[stage] >= 0.1
+        }
+
+
 @contextmanager
-def timed(timings: dict[str, float], stage: str):
-    started = time.perf_counter()
+def timed(timings: dict[str, float], stage: str, cpu: CpuClock | None = None):
+    started, busy = time.perf_counter(), CpuClock.now() if cpu else 0.0
     yield
-    timings[f"timing/{stage}"] = time.perf_counter() - started
+    timings[f"timing/{stage}"] = wall = time.perf_counter() - started
+    if cpu:
+        cpu.busy[stage], cpu.wall[stage] = CpuClock.now() - busy, wall
 
 
 def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: int | None = None) -> int:
-    """The PPO loop from `run.start_step` to `ppo.steps`; returns the last step done."""
+    """The PPO loop from `run.start_step` to `ppo.steps`; returns the last step done.
+
+    With `ppo.max_staleness` K >= 1 the engines draw the batches of the next K steps while this one
+    is scored and trained: a batch is started as soon as its step is within K of the one training,
+    with the weights the engines hold then (they load new ones only after it, since an engine runs
+    its calls in order). K = 0 is the same loop with each batch started when its step begins.
+    """
     from tqdm.auto import tqdm
 
     p = cfg.ppo
@@ -43,18 +80,29 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         max_steps=p.steps,
         seed=cfg.run.seed,
     )
+    ahead: dict[int, Generation] = {}  # step -> its batch, being drawn or drawn
     if run.resume_from is not None:
-        kl_ctl.load_state_dict(roles.restore(run.resume_from)["kl_controller"])
+        state = roles.restore(run.resume_from)
+        kl_ctl.load_state_dict(state["kl_controller"])
+        ahead = {g["step"]: Generation.from_state_dict(g) for g in state.get("ahead", [])}
+
+    def start(first: int, last: int) -> None:
+        for s in range(first, min(last, p.steps) + 1):
+            if s not in ahead:
+                ahead[s] = roles.start_generation(s, [prompts[i] for i in order.indices(s - 1)])
+
     step = run.start_step
     bar = tqdm(total=p.steps, initial=step, desc="ppo", unit="step", dynamic_ncols=True)
     for step in range(run.start_step + 1, p.steps + 1):
         t: dict[str, float] = {}
-        step_prompts = [prompts[i] for i in order.indices(step - 1)]
-        with timed(t, "generate"):
-            batch = roles.generate(step_prompts, p.samples_per_prompt)
-        with timed(t, "score"):
+        cpu = CpuClock()
+        start(step, step)
+        with timed(t, "generate", cpu):
+            batch = roles.finish_generation(ahead.pop(step))
+        start(step + 1, step + p.max_staleness)  # drawn while this batch is scored and trained
+        with timed(t, "score", cpu):
             true_rewards = roles.score(batch)
-        with timed(t, "advantages"):
+        with timed(t, "advantages", cpu):
             kl_metrics = compute_advantages(
                 batch,
                 estimator=p.advantage,
@@ -65,15 +113,20 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
                 lam=p.lam,
             )
         metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
+        staleness = torch.tensor([step - 1 - v for v in batch.weight_versions], dtype=torch.float32)
+        metrics |= {
+            "offpolicy/staleness_mean": staleness.mean().item(),
+            "offpolicy/staleness_max": staleness.max().item(),
+        }
         if roles.critic is not None:
-            with timed(t, "critic_update"):
+            with timed(t, "critic_update", cpu):
                 metrics |= roles.update("critic", batch)
-        with timed(t, "policy_update"):
+        with timed(t, "policy_update", cpu):
             metrics |= roles.update("policy", batch)
-        with timed(t, "weight_sync"):
+        with timed(t, "weight_sync", cpu):
             roles.sync_weights()
         kl_ctl.update(kl_metrics["kl/mean"], len(batch))
-        metrics |= kl_metrics | t | _throughput(batch, t)
+        metrics |= kl_metrics | t | _throughput(batch, t) | cpu.utilisation()
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
             run.tracker.table(
@@ -88,12 +141,14 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         if step == p.steps or stopping or (p.save_every and step % p.save_every == 0):
             # The policy's layout too: `start_run` refuses to resume it under another (a clear error,
             # not DeepSpeed's failure to load optimizer shards saved by a different world size).
+            # Batches drawn ahead are kept whole: the weights they were drawn with are gone.
             roles.save(
                 run,
                 step,
                 {
                     "kl_controller": kl_ctl.state_dict(),
                     "samples_seen": step * len(batch),
+                    "ahead": [ahead[s].state_dict() for s in sorted(ahead)],
                     **layout(cfg.learner),
                 },
             )

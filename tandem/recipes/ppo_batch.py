@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,9 +46,10 @@ class RolloutBatch:
     weight_versions: list[int]  # (B,) weight version each sample was drawn with
     truncated: Tensor  # (B,) bool: hit max_response_len without EOS
     # Filled by the scoring stages:
+    rows: Any = None  # object-store ref of the batch's `Rows` (tokens, mask, behaviour logprobs)
     scores: Tensor | None = None  # (B,) summed reward
     reward_components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
-    old_logprobs: Tensor | None = None  # (B, R) learner's logprobs before the update (PPO's pi_old)
+    old_logprobs: Tensor | None = None  # (B, R) pi_old from the learner, when a pass of its own
     ref_logprobs: Tensor | None = None  # (B, R) frozen reference
     values: Tensor | None = None  # (B, R) critic values (gae only)
     # Filled by `compute_advantages`:
@@ -89,10 +91,14 @@ def compute_advantages(
 ) -> dict[str, float]:
     """KL-shaped token rewards (InstructGPT eq. 2), then advantages and returns by estimator name.
 
+    The KL is that of the policy that drew the samples (the engine's logprobs): a sample-based KL
+    estimate is unbiased only under the sampling policy, and it needs no learner pass, so it is
+    known before the update whether or not the batch is a step stale.
+
     Fills `batch.token_rewards`, `batch.advantages`, `batch.returns`; returns KL metrics.
     """
-    assert batch.scores is not None and batch.old_logprobs is not None and batch.ref_logprobs is not None
-    kl = get_kl_estimator(kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
+    assert batch.scores is not None and batch.ref_logprobs is not None
+    kl = get_kl_estimator(kl_estimator)(batch.rollout_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
     batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef)
     batch.advantages, batch.returns = get_adv_est(estimator)(
         token_rewards=batch.token_rewards,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
+import numpy as np
 import torch
 
 from tandem.algos import ADV_ESTIMATORS, get_adv_est
@@ -20,11 +21,16 @@ from tandem.cluster.groups import ActorGroup
 from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
 from tandem.errors import UserError
+from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
-from tandem.recipes.ppo_batch import RolloutBatch, pad_right
+from tandem.recipes.ppo_batch import RolloutBatch
 from tandem.recipes.run_dir import Checkpoints, Run
 
-# Per-response-token lists each learner trains on, by role.
+if TYPE_CHECKING:
+    from tandem.actors.rollout import Sample
+
+# Per-response-token arrays each learner trains on, by role, beside the batch's rows (pi_old only
+# when it was computed: see `Roles.needs_old_logprobs`).
 TRAIN_KEYS = {"policy": ("old_logprobs", "advantages"), "critic": ("values", "returns")}
 
 
@@ -121,6 +127,8 @@ class Roles:
         # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._colocated_placement()
+        # Asynchronous: engines generate while the learners train, so each takes half the cores.
+        sharers = 2 if p.max_staleness else 1
         self.policy = self._learners(
             "policy",
             PolicyLearner,
@@ -131,6 +139,10 @@ class Roles:
             policy_loss=p.policy_loss,
             clip_eps=p.clip_eps,
             entropy_coef=p.entropy_coef,
+            off_policy=p.off_policy,
+            is_cap=p.is_cap,
+            is_level=p.is_level,
+            core_sharers=sharers,
         )
         self.critic = None
         if needs_critic(cfg):
@@ -142,8 +154,9 @@ class Roles:
                 total_steps,
                 shared if "critic" in p.colocate else None,
                 value_clip_eps=p.value_clip_eps,
+                core_sharers=sharers,
             )
-        self.rollout = RolloutGroup(cfg)
+        self.rollout = RolloutGroup(cfg, core_sharers=sharers)
         self._groups.append(self.rollout)
         self.reward = make_reward_actor(cfg, rm_path, (shared, 0) if "reward" in p.colocate else None)
         self.reference = make_reference_actor(
@@ -160,6 +173,9 @@ class Roles:
         self.weight_sync = WeightSync(self.policy, self.rollout.engines, cfg.rollout.sync_bucket_mb)
         self.weight_sync.setup()
         self.version = 0  # weight syncs done: the version the engines sample with
+        # The policy version (optimizer steps taken) is version + version_offset: a resumed job's
+        # fresh engines count from 0 again.
+        self.version_offset = 0
 
     def _colocated_placement(self) -> Any:
         """The policy's placement group, sized for the roles `ppo.colocate` puts in it; None when
@@ -225,77 +241,119 @@ class Roles:
 
     # -- the stages ---------------------------------------------------------------------------
 
-    def generate(self, prompts: list, n: int) -> RolloutBatch:
-        """n samples per prompt; asserts they were drawn by the policy being trained (on-policy)."""
+    def start_generation(self, step: int, prompts: list) -> Generation:
+        """Start drawing step `step`'s samples with the engines' current weights; returns at once.
+        The seed comes from the run's seed and the step, so a batch is the same whenever it is drawn."""
         from tandem.data import prompt_ids, prompt_text
 
         ids = [prompt_ids(self.tokenizer, q) for q in prompts]
-        samples = self.rollout.generate(ids, n=n, seed=self.rng.randrange(1 << 31))
-        stale = {s.weight_version for s in samples} - {self.version}
+        seed = random.Random(self.cfg.run.seed * 1_000_003 + step).randrange(1 << 31)
+        refs = self.rollout.submit("generate", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
+        return Generation(
+            step, [prompt_text(q) for q in prompts], refs=refs, version_offset=self.version_offset
+        )
+
+    def finish_generation(self, gen: Generation) -> RolloutBatch:
+        """Wait for a generation; refuses samples more than `ppo.max_staleness` policy versions behind
+        the learners (which hold version step - 1 when step `gen.step` trains)."""
+        samples = gen.result()
+        learner_version, limit = gen.step - 1, self.cfg.ppo.max_staleness
+        stale = sorted({s.weight_version for s in samples if learner_version - s.weight_version > limit})
         if stale:
             raise RuntimeError(
-                f"off-policy samples: drawn with weight version(s) {sorted(stale)}, "
-                f"but the policy being trained is version {self.version}"
+                f"off-policy samples for step {gen.step}: drawn with policy version(s) {stale}, more than "
+                f"ppo.max_staleness={limit} behind the policy being trained (version {learner_version})"
             )
-        return RolloutBatch.from_samples(samples, [prompt_text(q) for q in prompts])
+        return RolloutBatch.from_samples(samples, gen.prompt_texts)
+
+    def needs_old_logprobs(self) -> bool:
+        """pi_old is a pass of its own only when the weights move before the batch's last minibatch;
+        with one optimizer step per batch the training forward is pi_old (see `PolicyLearner`)."""
+        return self.cfg.ppo.ppo_epochs * self.cfg.ppo.num_minibatches > 1
 
     def score(self, batch: RolloutBatch) -> list[float] | None:
-        """Fill scores, reward components, reference and pi_old logprobs, values; all roles at once.
+        """Fill scores, reward components, reference (and, when needed, pi_old) logprobs, values; all
+        roles at once, each reading the batch's rows from the object store.
 
         Returns the task's true rewards (None without a built-in task): logged, never trained on."""
         import ray
 
+        from tandem.models.rows import Rows
+
         width = batch.mask.shape[1]
-        rows = [{"prompt_ids": q, "response_ids": r} for q, r in zip(batch.prompt_ids, batch.response_ids)]
+        rows = Rows.from_ids(
+            batch.prompt_ids,
+            batch.response_ids,
+            self.tokenizer.pad_token_id,
+            behaviour_logprobs=batch.rollout_logprobs,
+        )
+        batch.rows = ray.put(rows)
         reward_ref = self.reward.score.remote(batch.prompts, batch.responses)
-        ref_ref = self.reference.logprobs.remote(batch.prompt_ids, batch.response_ids)
-        shards = [(s,) for s in shard(rows, self.policy.world_size)]
-        policy_refs = self.policy.async_call_per_rank("logprobs", shards)
-        critic_refs = None
+        ref_ref = self.reference.logprobs.remote(batch.rows)
+        policy_refs = critic_refs = None
+        if self.needs_old_logprobs():
+            policy_refs = self.policy.async_call_per_rank(
+                "logprobs", self._shards(self.policy, len(batch), batch)
+            )
         if self.critic is not None:
             critic_refs = self.critic.async_call_per_rank(
-                "values", [(s,) for s in shard(rows, self.critic.world_size)]
+                "values", self._shards(self.critic, len(batch), batch)
             )
         result = ray.get(reward_ref)
         batch.scores = torch.tensor(result.total, dtype=torch.float32)
         batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
-        batch.ref_logprobs = pad_right(ray.get(ref_ref), width)
-        batch.old_logprobs = pad_right(_concat(self.policy.collect(policy_refs, "logprobs")), width)
+        batch.ref_logprobs = _width(ray.get(ref_ref), width)
+        if policy_refs is not None:
+            batch.old_logprobs = _width(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
         if critic_refs is not None:
-            batch.values = pad_right(_concat(self.critic.collect(critic_refs, "values")), width)
+            batch.values = _width(concat_rows(self.critic.collect(critic_refs, "values")), width)
         if self.task_reward is None:
             return None
         return self.task_reward(batch.prompts, batch.responses)
 
+    @staticmethod
+    def _shards(group: ActorGroup, n: int, batch: RolloutBatch, rows: list[int] | None = None) -> list[tuple]:
+        """Per rank: (the batch's rows ref, this rank's row indices)."""
+        return [
+            (batch.rows, s) for s in shard(rows if rows is not None else list(range(n)), group.world_size)
+        ]
+
     def update(self, role: str, batch: RolloutBatch) -> dict[str, float]:
         """ppo_epochs passes over the batch in num_minibatches shuffled minibatches (one optimizer
-        step each) on the role's learner group; metrics averaged over the steps."""
+        step each) on the role's learner group; metrics averaged over the steps. The per-token arrays
+        to train on go to the object store once; each rank is sent its rows' indices."""
+        import ray
+
+        from tandem.models.rows import Rows
+
         group = self.policy if role == "policy" else self.critic
         p = self.cfg.ppo
-        keys = TRAIN_KEYS[role]
-        mask = batch.mask.bool()
-        examples = [
-            {"prompt_ids": q, "response_ids": r, **{k: getattr(batch, k)[i][mask[i]].tolist() for k in keys}}
-            for i, (q, r) in enumerate(zip(batch.prompt_ids, batch.response_ids))
-        ]
-        size = len(examples) // p.num_minibatches
+        keys = [k for k in TRAIN_KEYS[role] if getattr(batch, k) is not None]
+        train = ray.put(Rows(**{k: getattr(batch, k).numpy() for k in keys}))
+        size = len(batch) // p.num_minibatches
         sums: dict[str, float] = {}
+        maxima: dict[str, float] = {}
         for _ in range(p.ppo_epochs):
-            order = list(range(len(examples)))
+            order = list(range(len(batch)))
             self.rng.shuffle(order)
             for start in range(0, len(order), size):
-                minibatch = [examples[i] for i in order[start : start + size]]
-                metrics = group.call_per_rank(
-                    "train_batch", [(s,) for s in shard(minibatch, group.world_size)]
-                )[0]
+                parts = shard(order[start : start + size], group.world_size)
+                metrics = group.call_per_rank("train_rollout", [(batch.rows, train, part) for part in parts])[
+                    0
+                ]
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    if k.endswith("_max"):
+                        maxima[k] = max(maxima.get(k, v), v)
+                    else:
+                        sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"
         steps = p.ppo_epochs * p.num_minibatches
-        return {(k if "/" in k else f"{prefix}/{k}"): v / steps for k, v in sums.items()}
+        out = {k: v / steps for k, v in sums.items()} | maxima
+        return {(k if "/" in k else f"{prefix}/{k}"): v for k, v in out.items()}
 
     def sync_weights(self) -> None:
-        """Stream the policy's weights to every engine; they then sample with the new version."""
+        """Stream the policy's weights to every engine; they then sample with the new version (once
+        the generations submitted before this call are done)."""
         versions = self.weight_sync.sync()
         self.version += 1
         if set(versions) != {self.version}:
@@ -317,6 +375,7 @@ class Roles:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.sync_weights()
+        self.version_offset = state["step"] - self.version
         return state
 
     def export_final(self, run: Run) -> Path:
@@ -345,8 +404,47 @@ class Roles:
         self.shutdown()
 
 
-def _concat(parts: list[list[list[float]]]) -> list[list[float]]:
-    return [row for part in parts for row in part]
+def _width(values: np.ndarray, width: int) -> torch.Tensor:
+    """(B, R') scoring output -> a (B, width) tensor, R' <= width (a shard's widest row may be shorter)."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    out[:, : values.shape[1]] = torch.tensor(values, dtype=torch.float32)  # a copy: Ray's arrays are read-only
+    return out
+
+
+class Generation:
+    """One step's samples: being drawn by the engines (`refs`), or already drawn (`samples`, e.g.
+    restored from a checkpoint). Weight versions are the policy's: the engines count syncs since they
+    started, which after a resume is `version_offset` behind."""
+
+    def __init__(
+        self,
+        step: int,
+        prompt_texts: list[str],
+        refs: list[Any] | None = None,
+        samples: list[Sample] | None = None,
+        version_offset: int = 0,
+    ) -> None:
+        self.step, self.prompt_texts, self._refs, self._samples = step, prompt_texts, refs, samples
+        self.version_offset = version_offset
+
+    def result(self) -> list[Sample]:
+        from tandem.actors.rollout import RolloutGroup
+
+        if self._samples is None:
+            self._samples = RolloutGroup.gather(self._refs or [])
+            for s in self._samples:
+                s.weight_version += self.version_offset
+        return self._samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready (floats round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""
+        return {"step": self.step, "prompts": self.prompt_texts, "samples": [vars(s) for s in self.result()]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Generation:
+        from tandem.actors.rollout import Sample
+
+        return cls(state["step"], state["prompts"], samples=[Sample(**s) for s in state["samples"]])
 
 
 def _task_reward(cfg: Config):

@@ -75,15 +75,21 @@ def test_rollout_logprobs_match_reference_actor(ray_session, samples):
     """The sampler's logprobs equal a transformers forward over the same tokens (the frozen reference
     in its own actor), token for token: the premise of PPO's importance ratio on CPU float32."""
     from tandem.actors.reference import make_reference_actor
+    from tandem.models import load_tokenizer
+    from tandem.models.rows import Rows
 
-    ref = make_reference_actor(CFG, cpus=0.5)
-    ref_lp = ray_session.get(
-        ref.logprobs.remote([s.prompt_ids for s in samples], [s.response_ids for s in samples])
+    rows = Rows.from_ids(
+        [s.prompt_ids for s in samples],
+        [s.response_ids for s in samples],
+        load_tokenizer("tiny-qwen2").pad_token_id,
     )
+    ref = make_reference_actor(CFG, cpus=0.5)
+    ref_lp = ray_session.get(ref.logprobs.remote(ray_session.put(rows)))  # from the object store, as in PPO
     ray_session.kill(ref)
-    assert [len(r) for r in ref_lp] == [len(s.logprobs) for s in samples]
+    assert ref_lp.shape == tuple(rows["mask"].shape)
     worst = max(abs(a - b) for s, r in zip(samples, ref_lp) for a, b in zip(s.logprobs, r))
     assert worst < 1e-4
+    assert (ref_lp[rows["mask"].numpy() == 0] == 0).all()  # padding stays 0
 
 
 def test_engine_score_equals_sample_logprobs(ray_session, group, samples):

@@ -3,11 +3,14 @@ in for the engine)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tandem.config import LearnerConfig
 from tandem.learners.ppo import PolicyLearner
+from tandem.models.rows import Rows
 
 EXAMPLES = [
     {"prompt_ids": [2, 6, 40, 41], "response_ids": [50, 51, 3], "advantages": [1.0, -0.5, 2.0]},
@@ -28,24 +31,59 @@ def _old_logprobs_and_entropy(model) -> tuple[list[list[float]], float]:
     return logprobs, sum(entropies) / len(entropies)
 
 
-@torch.no_grad()
-def test_pg_loss_is_the_surrogate_alone_and_the_loss_adds_the_entropy_bonus():
+def _rows(per_token: dict[str, list[list[float]]]) -> Rows:
+    from tandem.recipes.ppo_batch import pad_right
+
+    return Rows.from_ids(
+        [e["prompt_ids"] for e in EXAMPLES],
+        [e["response_ids"] for e in EXAMPLES],
+        0,
+        advantages=pad_right([e["advantages"] for e in EXAMPLES]),
+        **{k: pad_right(v) for k, v in per_token.items()},
+    )
+
+
+def _learner(**kwargs) -> PolicyLearner:
     from tandem.models import load_causal_lm
 
     torch.manual_seed(0)
     model = load_causal_lm("tiny-qwen2").eval()
-    learner = PolicyLearner(LearnerConfig(), "tiny-qwen2", total_steps=1, entropy_coef=0.1)
+    learner = PolicyLearner(LearnerConfig(), "tiny-qwen2", total_steps=1, **kwargs)
     learner.engine, learner.model, learner.pad_id = model, model, 0
-    old, entropy = _old_logprobs_and_entropy(model)
-    examples = [e | {"old_logprobs": lp} for e, lp in zip(EXAMPLES, old)]
-    loss, units, metrics = learner.compute_loss(learner.collate(examples))
-    # pi == pi_old: every ratio is 1 and nothing is clipped, so the surrogate is minus the token mean
-    # advantage, (1 - 0.5 + 2 + 0.5 + 0.5) / 5 = 0.7.
-    assert units == 5
-    assert metrics["actor/pg_loss"] == pytest.approx(-0.7, abs=1e-6)
-    assert metrics["actor/clip_frac"] == 0.0 and metrics["actor/ratio_mean"] == pytest.approx(1.0)
-    assert metrics["actor/entropy"] == pytest.approx(entropy, rel=1e-5)
-    assert loss.item() == pytest.approx(-0.7 - 0.1 * entropy, rel=1e-5)
+    return learner
+
+
+@torch.no_grad()
+def test_pg_loss_is_the_surrogate_alone_and_the_loss_adds_the_entropy_bonus():
+    learner = _learner(entropy_coef=0.1)
+    old, entropy = _old_logprobs_and_entropy(learner.model)
+    for given in ({"old_logprobs": old}, {}):  # pi_old given, or taken from the training forward
+        rows = _rows({"behaviour_logprobs": old, **given})
+        loss, units, metrics = learner.compute_loss(learner.collate(rows))
+        # pi == pi_old: every ratio is 1 and nothing is clipped, so the surrogate is minus the token
+        # mean advantage, (1 - 0.5 + 2 + 0.5 + 0.5) / 5 = 0.7.
+        assert units == 5 == learner.count_units(rows)
+        assert metrics["actor/pg_loss"] == pytest.approx(-0.7, abs=1e-6)
+        assert metrics["actor/clip_frac"] == 0.0 and metrics["actor/ratio_mean"] == pytest.approx(1.0)
+        assert metrics["actor/entropy"] == pytest.approx(entropy, rel=1e-5)
+        assert loss.item() == pytest.approx(-0.7 - 0.1 * entropy, rel=1e-5)
+        assert metrics["offpolicy/is_ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+@torch.no_grad()
+def test_importance_weights_scale_the_surrogate_per_token():
+    # The engine drew every token with half the probability pi_old gives it: ratio pi_old / mu = 2.
+    learner = _learner(off_policy="tis", is_cap=1.5)
+    old, _ = _old_logprobs_and_entropy(learner.model)
+    behaviour = [[lp - math.log(2.0) for lp in row] for row in old]
+    _, _, metrics = learner.compute_loss(_rows({"behaviour_logprobs": behaviour}))
+    assert metrics["actor/pg_loss"] == pytest.approx(-0.7 * 1.5, abs=1e-5)  # truncated at 1.5
+    assert metrics["offpolicy/truncated_frac"] == 1.0
+    assert metrics["offpolicy/is_ratio_max"] == pytest.approx(2.0, rel=1e-5)
+    assert metrics["offpolicy/logprob_mismatch"] == pytest.approx(math.log(2.0), rel=1e-5)
+    learner = _learner(off_policy="mis", is_cap=1.5)
+    _, _, metrics = learner.compute_loss(_rows({"behaviour_logprobs": behaviour}))
+    assert metrics["actor/pg_loss"] == 0.0 and metrics["offpolicy/masked_frac"] == 1.0
 
 
 def test_policy_loss_is_looked_up_by_name():

@@ -54,8 +54,9 @@ def test_pad_right():
 def test_grpo_advantages_with_kl_penalty_by_hand():
     b = make_batch()
     b.scores = torch.tensor([1.0, 0.0, 0.5, 0.5])
-    b.old_logprobs = b.rollout_logprobs.clone()
-    b.ref_logprobs = b.old_logprobs - 0.1 * b.mask  # k1 KL = 0.1 per response token
+    # The KL is the sampler's: pi_old (were it apart) plays no part.
+    b.old_logprobs = b.rollout_logprobs + 5.0
+    b.ref_logprobs = b.rollout_logprobs - 0.1 * b.mask  # k1 KL = 0.1 per response token
     m = compute_advantages(
         b, estimator="grpo", kl_estimator="k1", kl_coef=0.5, group_size=2, gamma=1.0, lam=1.0
     )
@@ -72,7 +73,7 @@ def test_grpo_advantages_with_kl_penalty_by_hand():
 def test_gae_uses_values():
     b = make_batch()
     b.scores = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    b.old_logprobs = b.ref_logprobs = b.rollout_logprobs
+    b.ref_logprobs = b.rollout_logprobs
     b.values = torch.full((4, 3), 0.5) * b.mask
     compute_advantages(b, estimator="gae", kl_estimator="k1", kl_coef=0.0, group_size=2, gamma=1.0, lam=1.0)
     # gamma = lam = 1: A_t = sum of future rewards - V_t = 1 - 0.5 on every token of row 0.

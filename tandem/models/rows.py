@@ -1,0 +1,117 @@
+"""`Rows`: a rollout batch as named arrays, the form in which it travels between the PPO roles.
+
+The driver puts one `Rows` in Ray's object store per step and passes the reference; the reference
+actor and each learner rank read the rows they are given (by index) from it. The arrays are numpy
+inside: on one node a reader maps them from the object store without a copy, and no per-token Python
+list is ever built.
+
+Two layouts share the first dimension, one row per sampled response:
+  - token layout (B, T): `input_ids`, `attention_mask`, `response_mask`, prompt then response,
+    right-padded (a `TokenBatch`);
+  - rollout layout (B, R): `mask` (1 on response tokens) and one value per response token, left-
+    aligned, as vLLM returns sampled-token logprobs (`behaviour_logprobs`, `advantages`, ...).
+`at_targets` and `from_targets` move values between the rollout layout and the (B, T-1) positions
+of next-token prediction: both list a row's response tokens in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tandem.models.tokens import TokenBatch, next_token_targets, pad_rows
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "response_mask")
+
+
+class Rows:
+    """Named arrays with a common first dimension; `rows[key]` is a tensor, `rows.select(index)` and
+    `rows[start:stop]` new `Rows` cut to the widest row they hold."""
+
+    def __init__(self, **arrays: Any) -> None:
+        lengths = {len(a) for a in arrays.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"rows of unequal count: { {k: len(a) for k, a in arrays.items()} }")
+        self._arrays = arrays
+
+    @classmethod
+    def from_ids(
+        cls,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        pad_id: int,
+        **per_token: Tensor,
+    ) -> Rows:
+        """Token layout from id lists, plus `mask` and any (B, R) per-token tensors."""
+        tokens = pad_rows(list(zip(prompt_ids, response_ids)), pad_id)
+        width = max((len(r) for r in response_ids), default=0)
+        mask = torch.zeros(len(response_ids), width)
+        for i, r in enumerate(response_ids):
+            mask[i, : len(r)] = 1
+        arrays = {k: _np(t) for k, t in zip(TOKEN_KEYS, tokens)}
+        return cls(**arrays, mask=_np(mask), **{k: _np(v) for k, v in per_token.items()})
+
+    def __len__(self) -> int:
+        return len(next(iter(self._arrays.values())))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._arrays
+
+    def keys(self) -> list[str]:
+        return list(self._arrays)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return torch.as_tensor(self._arrays[key])
+        return self.select(key)
+
+    def select(self, index: slice | Sequence[int]) -> Rows:
+        """These rows (a copy), with padding columns no selected row uses cut off."""
+        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        arrays = {k: np.asarray(a)[idx] for k, a in self._arrays.items()}
+        if "attention_mask" in arrays:
+            width = int(arrays["attention_mask"].sum(1).max(initial=0))
+            arrays |= {k: arrays[k][:, :width] for k in TOKEN_KEYS if k in arrays}
+        if "mask" in arrays:
+            width = int(arrays["mask"].sum(1).max(initial=0))
+            arrays |= {k: a[:, :width] for k, a in arrays.items() if k not in TOKEN_KEYS and a.ndim == 2}
+        return Rows(**arrays)
+
+    def merge(self, other: Rows) -> Rows:
+        """The arrays of both (same rows); `other`'s win on a shared name."""
+        if len(other) != len(self):
+            raise ValueError(f"cannot merge {len(other)} rows into {len(self)}")
+        return Rows(**(self._arrays | other._arrays))
+
+    def tokens(self, device: torch.device | str = "cpu") -> TokenBatch:
+        return TokenBatch(*(self[k].to(device) for k in TOKEN_KEYS))
+
+    def at_targets(self, key: str, device: torch.device | str = "cpu") -> Tensor:
+        """(B, R) values of `key` placed at the (B, T-1) next-token positions of their tokens."""
+        _, target_mask = next_token_targets(self.tokens(device))
+        values = self[key].to(device=device, dtype=torch.float32)
+        out = torch.zeros(target_mask.shape, dtype=torch.float32, device=device)
+        out[target_mask.bool()] = values[self["mask"].to(device).bool()]
+        return out
+
+    def from_targets(self, values: Tensor) -> np.ndarray:
+        """(B, T-1) values at next-token positions -> (B, R) in the rollout layout (numpy, float32)."""
+        _, target_mask = next_token_targets(self.tokens(values.device))
+        mask = self["mask"].bool()
+        out = torch.zeros(mask.shape, dtype=torch.float32)
+        out[mask] = values[target_mask.bool()].float().cpu()
+        return out.numpy()
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """(B_i, R_i) float parts -> one (sum B_i, max R_i) array, right-padded with 0."""
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])

@@ -1,0 +1,58 @@
+"""`Rows`: the rollout batch as arrays; layouts, row selection and the move between layouts."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tandem.models.rows import Rows, concat_rows
+
+PAD = 0
+
+
+def _rows() -> Rows:
+    # Prompt lengths 3, 1, 2; response lengths 2, 3, 1.
+    values = torch.tensor([[0.1, 0.2, 0.0], [1.0, 2.0, 3.0], [7.0, 0.0, 0.0]])
+    return Rows.from_ids([[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15], [16]], PAD, values=values)
+
+
+def test_layouts():
+    rows = _rows()
+    assert rows["input_ids"].tolist() == [[5, 6, 7, 11, 12], [8, 13, 14, 15, 0], [9, 10, 16, 0, 0]]
+    assert rows["response_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]]
+    assert rows["mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert len(rows) == 3 and "values" in rows and "advantages" not in rows
+
+
+def test_at_targets_places_each_value_at_the_position_predicting_its_token():
+    # Position t of the logits predicts token t + 1: row 0's responses (tokens 3, 4) sit at 2, 3.
+    expected = torch.tensor([[0, 0, 0.1, 0.2], [1, 2, 3, 0], [0, 7, 0, 0]])
+    torch.testing.assert_close(_rows().at_targets("values"), expected)
+    rows = _rows()
+    np.testing.assert_array_equal(rows.from_targets(rows.at_targets("values")), rows["values"].numpy())
+
+
+def test_select_copies_rows_and_cuts_unused_padding():
+    rows = _rows().select([2, 0])
+    assert rows["input_ids"].tolist() == [[9, 10, 16, 0, 0], [5, 6, 7, 11, 12]]
+    torch.testing.assert_close(rows["values"], torch.tensor([[7.0, 0.0], [0.1, 0.2]]))
+    short = _rows()[2:]
+    assert short["input_ids"].tolist() == [[9, 10, 16]] and short["values"].tolist() == [[7.0]]
+    assert short["mask"].tolist() == [[1.0]]
+
+
+def test_merge_and_pickle_round_trip():
+    rows = _rows()
+    more = Rows(advantages=np.ones((3, 3), dtype=np.float32))
+    merged = pickle.loads(pickle.dumps(rows.merge(more)))
+    assert sorted(merged.keys()) == sorted([*rows.keys(), "advantages"])
+    with pytest.raises(ValueError, match="cannot merge 1 rows into 3"):
+        rows.merge(Rows(advantages=np.ones((1, 3))))
+
+
+def test_concat_rows_pads_to_the_widest():
+    out = concat_rows([np.ones((1, 2), np.float32), np.full((2, 3), 2, np.float32)])
+    assert out.tolist() == [[1, 1, 0], [2, 2, 2], [2, 2, 2]]
