@@ -223,7 +223,7 @@ def test_checkpoint_retention_is_one_run_key_for_every_job(tmp_path):
 
 
 def test_eval_reward_is_imported_when_the_job_loads(tmp_path):
-    spec = "tests.recipes.rewards:reversed_digits"
+    spec = "tests.recipes.rewards:reverse_score"
     assert load_config(None, [f"eval.reward={spec}"]).eval.reward == spec
     assert Config().eval.reward is None  # the built-in task's true reward
     path = write(tmp_path, "bad.yaml", "eval:\n  reward: tests.recipes.rewards:nope\n")

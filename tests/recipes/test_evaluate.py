@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 
+from tandem.actors.reward import RewardError
 from tandem.config import load_config
 from tandem.data import task_reward
 from tandem.recipes.evaluate import (
@@ -23,11 +24,11 @@ from tandem.recipes.evaluate import (
     mean_and_stderr,
     paired_gain,
 )
-from tests.recipes.rewards import reversed_digits
+from tests.recipes.rewards import reverse_score
 
 PROMPTS = [f"sort: {i} {7 - i} {i % 3}" for i in range(5)]
 MAX_TOKENS = 6
-OWN_REWARD = "tests.recipes.rewards:reversed_digits"
+OWN_REWARD = "tests.recipes.rewards:reverse_score"
 
 
 def test_evaluate_policy_scores_every_held_out_prompt():
@@ -139,10 +140,18 @@ def test_held_out_of_ones_own_task_from_files_and_an_import_path(tmp_path):
     # The reward sees the prompt's text (the last user turn) and its values are checked.
     assert (
         held.reward(held.prompts, ["3 2 1", "4 5"])
-        == [1.0, 0.0]
-        == reversed_digits(["reverse: 1 2 3", "reverse: 4 5"], ["3 2 1", "4 5"])
+        == [1.0, 0.5]
+        == reverse_score(["reverse: 1 2 3", "reverse: 4 5"], ["3 2 1", "4 5"])
     )
     assert len(held_out(cfg, "pairs", n=10).prompts) == 3
+    # A reward that fails is named by its key and import path.
+    broken = held_out(
+        cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reward": "os:getcwd"})}), "pairs", 2
+    )
+    with pytest.raises(
+        RewardError, match=r"reward component 'eval.reward' \(function 'os:getcwd'\) raised TypeError"
+    ):
+        broken.reward(broken.prompts, ["1", "2"])
 
 
 def test_held_out_without_a_reward_or_prompts_says_so_in_one_line(tmp_path, capsys):
