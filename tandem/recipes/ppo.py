@@ -146,10 +146,8 @@ def run(
         from tandem.models import resolve_model
         from tandem.recipes.evaluate import evaluate_before_after
 
-        rewards = evaluate_before_after(cfg, resolve_model(cfg.model.path), str(final), "ppo")
-        if rewards:
-            run.tracker.log(rewards, step=step)
-        summary |= rewards
+        # Into the summary (and W&B's), not metrics.jsonl: one row per PPO step stays one row.
+        summary |= evaluate_before_after(cfg, resolve_model(cfg.model.path), str(final), "ppo")
     return finish_run(run, summary)
 
 
