@@ -270,6 +270,9 @@ class RewardConfig(_Section):
     """Ray GPUs of the reward actor."""
     batch_size: int = Field(64, ge=1)
     """Sequences per reward-model forward."""
+    length_penalty: float = Field(0.0, ge=0)
+    """Subtracted per token of the response (model.path's tokenizer), logged as reward/length_tokens:
+    a switch against a reward model's length bias (Singhal et al. 2023, "A Long Way to Go")."""
     resources: dict[str, float] = {}
     """Ray custom resources of the reward actor (pins it to chosen nodes)."""
 
