@@ -220,3 +220,18 @@ def test_checkpoint_retention_is_one_run_key_for_every_job(tmp_path):
         r"did you mean `run.keep_checkpoints`",
     ):
         load_config(None, ["train.keep_checkpoints=3"])
+
+
+def test_eval_reward_is_imported_when_the_job_loads(tmp_path):
+    spec = "tests.recipes.rewards:reverse_score"
+    assert load_config(None, [f"eval.reward={spec}"]).eval.reward == spec
+    assert Config().eval.reward is None  # the built-in task's true reward
+    path = write(tmp_path, "bad.yaml", "eval:\n  reward: tests.recipes.rewards:nope\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert f"`eval.reward` = 'tests.recipes.rewards:nope' ({path}, line 2): reward function" in str(e.value)
+    assert "has no attribute 'nope'" in str(e.value)
+    out = run_cli("config", "show", "configs/sft.yaml", "eval.reward=no_such_pkg.mod:fn")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "`eval.reward` = 'no_such_pkg.mod:fn' (command line)" in out.stderr
+    assert "cannot import module 'no_such_pkg.mod': not found" in out.stderr

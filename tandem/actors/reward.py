@@ -115,6 +115,19 @@ class _Model:
         return scores
 
 
+class _TokenCount:
+    """Tokens of each response's text (no EOS), as the policy's tokenizer counts them."""
+
+    def __init__(self, tokenizer_path: str) -> None:
+        from tandem.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_path)
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        ids = self.tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+        return [float(len(row)) for row in ids]
+
+
 class _Http:
     def __init__(self, c: RewardComponent) -> None:
         self.c = c
@@ -147,6 +160,9 @@ class RewardScorer:
         rm_path: the directory substituted for a model component whose path is "rm" (this
             pipeline's reward model run; the driver knows where it saved it).
         dtype, batch_size, max_prompt_len, max_response_len: how reward models run.
+        length_penalty, tokenizer_path: subtract `length_penalty` per token of each response, as
+            the tokenizer at `tokenizer_path` (the policy's) counts them; its counts are the
+            component "length_tokens" (weight -length_penalty).
     """
 
     def __init__(
@@ -158,10 +174,12 @@ class RewardScorer:
         batch_size: int = 64,
         max_prompt_len: int = 64,
         max_response_len: int = 32,
+        length_penalty: float = 0.0,
+        tokenizer_path: str | None = None,
     ) -> None:
         if not components:
             raise UserError("`reward.components` is empty: nothing to score with")
-        names = [c.name or c.kind for c in components]
+        names = [c.name or c.kind for c in components] + (["length_tokens"] if length_penalty else [])
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise UserError(
@@ -180,6 +198,13 @@ class RewardScorer:
                 self._fns.append(_Model(path, dtype, batch_size, max_prompt_len, max_response_len))
             else:
                 self._fns.append(_Http(c))
+        if length_penalty:
+            if tokenizer_path is None:
+                raise UserError("`reward.length_penalty` needs the policy's tokenizer to count tokens")
+            self.components.append(
+                RewardComponent(kind="function", path="length", name="length_tokens", weight=-length_penalty)
+            )
+            self._fns.append(_TokenCount(tokenizer_path))
 
     @classmethod
     def from_config(cls, cfg: Config, rm_path: str | None = None) -> RewardScorer:
@@ -245,4 +270,6 @@ def _scorer_args(cfg: Config, rm_path: str | None) -> tuple:
         cfg.reward.batch_size,
         m.max_prompt_len,
         m.max_response_len,
+        cfg.reward.length_penalty,
+        m.path,
     )

@@ -43,6 +43,20 @@ PreferenceLossName = Annotated[str, _registered("PREFERENCE_LOSSES")]
 OffPolicyName = Annotated[str, _registered("OFF_POLICY_CORRECTIONS")]
 
 
+def _importable_reward(spec: str | None) -> str | None:
+    """A reward function's import path, imported when the job is loaded rather than when it is
+    used (at the end of training, for an evaluation reward): a typo then costs seconds, not a run."""
+    if spec is not None:
+        from tandem.data.rewards import load_reward_fn
+        from tandem.errors import UserError
+
+        try:
+            load_reward_fn(spec)
+        except UserError as err:
+            raise PydanticCustomError("bad_reward", "{problem}", {"problem": str(err)}) from None
+    return spec
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -177,7 +191,13 @@ class TrainConfig(_Section):
     log_every: int = Field(1, ge=1)
     """Metrics every N optimizer steps."""
     num_generate_eval: int = Field(64, ge=0)
-    """Held-out prompts whose generations are scored by the task's true reward at the end (0: skip)."""
+    """Held-out prompts whose answers SFT, DPO and PPO score by the evaluation reward at the end (0: skip)."""
+
+
+class EvalConfig(_Section):
+    reward: Annotated[str | None, AfterValidator(_importable_reward)] = None
+    """Held-out evaluation reward, "package.module:function", batched like reward functions; null:
+    the built-in task's true reward. Prompts: data.eval_files, else the task's held-out split."""
 
 
 class DPOConfig(_Section):
@@ -253,6 +273,9 @@ class RewardConfig(_Section):
     """Ray GPUs of the reward actor."""
     batch_size: int = Field(64, ge=1)
     """Sequences per reward-model forward."""
+    length_penalty: float = Field(0.0, ge=0)
+    """Subtracted per token of the response (model.path's tokenizer), logged as reward/length_tokens:
+    a switch against a reward model's length bias (Singhal et al. 2023, "A Long Way to Go")."""
     resources: dict[str, float] = {}
     """Ray custom resources of the reward actor (pins it to chosen nodes)."""
 
@@ -363,6 +386,8 @@ class Config(_Section):
     """The PPO critic's learner group (when ppo.advantage reads values, as gae does)."""
     train: TrainConfig = TrainConfig()
     """Offline training loop (SFT, RM, DPO)."""
+    eval: EvalConfig = EvalConfig()
+    """Held-out evaluation (the table SFT, DPO, PPO and the pipeline print)."""
     dpo: DPOConfig = DPOConfig()
     """DPO loss."""
     rollout: RolloutConfig = RolloutConfig()

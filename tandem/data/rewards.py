@@ -11,6 +11,8 @@ A user plugs one in without code changes with the spec "package.module:function"
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 
 from tandem.errors import UserError
@@ -53,6 +55,11 @@ def load_reward_fn(spec: str) -> RewardFn:
             f"reward function spec {spec!r} is malformed; expected 'package.module:function', "
             "e.g. 'tandem.data.rewards:sort_reward'"
         )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # The `tandem` console script, unlike `python -m`, leaves the working directory off the path,
+        # where Ray's workers find a user's module; the driver should find it there too. Appended:
+        # it must not shadow installed packages.
+        sys.path.append(os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

@@ -1,7 +1,9 @@
-"""Held-out evaluation of policies by a task's true reward: greedy and sampled answers, standard errors,
-and the KL of the policy to a reference (the number that says how far RL moved it). `evaluate_policy`
-scores one policy; `evaluate_before_after` a trained model against the one it started from (the SFT
-and DPO summaries); the pipeline's held-out table compares several (`tandem.recipes.pipeline`).
+"""Held-out evaluation of policies by the evaluation reward (`eval.reward`, else the built-in task's
+true reward): greedy and sampled answers, standard errors, and the KL of the policy to a reference
+(the number that says how far RL moved it). `evaluate_policy` scores one policy; `evaluate_before_after`
+a trained model against the one it started from (the SFT, DPO and PPO summaries); the pipeline's
+held-out table compares several (`tandem.recipes.pipeline`). Every policy answers the same prompts, so
+differences are judged paired, prompt by prompt.
 
 Plain transformers on the driver: the embedded models answer hundreds of prompts in seconds, and an
 evaluation should not depend on the engines it is judging.
@@ -9,14 +11,22 @@ evaluation should not depend on the engines it is judging.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tandem.config import Config
+
+Prompt = Any  # text, or chat messages (a list of {role, content})
+#: Batched rewards of (prompt, response) pairs; prompts as text or chat messages.
+Scorer = Callable[[Sequence[Prompt], Sequence[str]], list[float]]
+#: The data-file kind whose prompts each job holds out (its `data.eval_files`).
+EVAL_KINDS = {"sft": "sft", "dpo": "pairs", "ppo": "rl"}
 
 
 @dataclass
@@ -62,17 +72,57 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
+@dataclass
+class Evaluation:
+    """One policy's held-out scores."""
+
+    rewards: dict[str, list[float]]  # mode ("greedy", "sampled") -> (N,) reward of each prompt's answer
+    metrics: dict[str, float]  # "{mode}/mean", "{mode}/stderr", "{mode}/length"; "kl_to_ref"
+
+
+@dataclass
+class HeldOut:
+    """What policies are evaluated on: the prompts and the reward that scores their answers."""
+
+    prompts: list[Prompt]  # (N,) distinct, text or chat messages
+    reward: Scorer
+    reward_name: str  # the import path, or "<task> true reward"
+
+
+def held_out(cfg: Config, kind: str, n: int) -> HeldOut | str:
+    """The first `n` distinct held-out prompts (`data.eval_files` of `kind`, else the task's eval
+    split) and the evaluation reward; or, when either is missing, the one line that says so."""
+    from tandem.actors.reward import RewardScorer
+    from tandem.config import RewardComponent
+    from tandem.data import load_data_file, rl_prompts
+
+    if cfg.eval.reward is None and cfg.data.task is None:
+        return "held-out evaluation skipped: no evaluation reward (set eval.reward: package.module:function)"
+    if cfg.data.eval_files:
+        records = [r for f in cfg.data.eval_files for r in load_data_file(f, kind)]
+        # Several pairs may share a prompt; repeats would understate the standard errors.
+        prompts = list({json.dumps(r["prompt"], sort_keys=True): r["prompt"] for r in records}.values())[:n]
+    elif cfg.data.task is not None:
+        prompts = rl_prompts(cfg.data.task, n, seed=cfg.run.seed, split="eval")
+    else:
+        return "held-out evaluation skipped: no held-out prompts (set data.eval_files)"
+    # A reward function component: the same loading, "task" default and checks of values as PPO's.
+    component = RewardComponent(kind="function", path=cfg.eval.reward or "task", name="eval.reward")
+    scorer = RewardScorer([component], task=cfg.data.task)
+    name = cfg.eval.reward or f"{cfg.data.task} true reward"
+    return HeldOut(prompts, lambda p, r: scorer.score(p, r).total, name)
+
+
 def evaluate_policy(
     path: str,
-    task: str,
-    prompts: Sequence[str],
+    reward: Scorer,
+    prompts: Sequence[Prompt],
     max_new_tokens: int,
     seed: int = 0,
     ref_path: str | None = None,
-) -> dict[str, float]:
-    """True reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
+) -> Evaluation:
+    """Reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
     per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased)."""
-    from tandem.data import get_task
     from tandem.models import load_causal_lm, load_tokenizer
     from tandem.models.tokens import response_logprobs
 
@@ -81,32 +131,77 @@ def evaluate_policy(
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path).eval()
-    scorer = get_task(task)
+    rewards: dict[str, list[float]] = {}
     out: dict[str, float] = {}
     for mode, sample in (("greedy", False), ("sampled", True)):
         answers = generate(model, tokenizer, prompts, max_new_tokens, sample, seed)
-        rewards = [scorer.true_reward(p, t) for p, t in zip(prompts, answers.texts, strict=True)]
-        out[f"{mode}/mean"], out[f"{mode}/stderr"] = mean_and_stderr(rewards)
+        rewards[mode] = reward(prompts, answers.texts)
+        out[f"{mode}/mean"], out[f"{mode}/stderr"] = mean_and_stderr(rewards[mode])
         out[f"{mode}/length"] = statistics.fmean(len(r) for r in answers.response_ids)
-    if ref_path is not None:
+    if ref_path == path:
+        out["kl_to_ref"] = 0.0  # its own reference: no second pass needed
+    elif ref_path is not None:
         ref = load_causal_lm(ref_path).eval()
         pad = tokenizer.pad_token_id
         own = response_logprobs(model, answers.prompt_ids, answers.response_ids, pad)
         base = response_logprobs(ref, answers.prompt_ids, answers.response_ids, pad)
         out["kl_to_ref"] = statistics.fmean(sum(a) - sum(b) for a, b in zip(own, base))
-    return out
+    return Evaluation(rewards, out)
 
 
-def evaluate_before_after(cfg: Config, initial: str, trained: str) -> dict[str, float]:
-    """`eval/true_reward/{greedy,sampled}` of the trained model and `eval/init_true_reward/...` of
-    the model it started from, on held-out prompts ({} without a task or with num_generate_eval 0)."""
-    from tandem.data import rl_prompts
+def paired_gain(new: Evaluation, old: Evaluation, mode: str = "sampled") -> float:
+    """(new - old) in standard errors of the mean per-prompt difference: both answered the same
+    prompts, so how hard each prompt is cancels out (tighter than comparing two independent means)."""
+    diffs = [a - b for a, b in zip(new.rewards[mode], old.rewards[mode], strict=True)]
+    mean, stderr = mean_and_stderr(diffs)
+    if stderr > 0:
+        return mean / stderr
+    return math.copysign(math.inf, mean) if mean else 0.0
 
-    if cfg.data.task is None or cfg.train.num_generate_eval == 0:
+
+def format_table(
+    results: dict[str, Evaluation], held: HeldOut, ref_name: str, gains: Sequence[tuple[str, str]]
+) -> str:
+    """The held-out table: one row per policy, then each (new, old) pair's paired gain."""
+    lines = [
+        f"{held.reward_name} on {len(held.prompts)} held-out prompts (mean +- standard error)",
+        f"{'policy':8} {'sampled':>17} {'greedy':>17} {'length':>7} {'KL to ' + ref_name:>12}",
+    ]
+    for name, e in results.items():
+        r = e.metrics
+        lines.append(
+            f"{name:8} {r['sampled/mean']:8.3f} +- {r['sampled/stderr']:5.3f} "
+            f"{r['greedy/mean']:8.3f} +- {r['greedy/stderr']:5.3f} {r['sampled/length']:7.2f} "
+            f"{r['kl_to_ref']:12.3f}"
+        )
+    for new, old in gains:
+        sampled, greedy = (paired_gain(results[new], results[old], mode) for mode in ("sampled", "greedy"))
+        lines.append(
+            f"{new} - {old}: {sampled:+.1f} (sampled), {greedy:+.1f} (greedy) standard errors, paired"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_before_after(cfg: Config, initial: str, trained: str, job: str) -> dict[str, float]:
+    """Print the held-out table of the trained model against the model it started from, and return
+    `eval/true_reward/{greedy,sampled}` of the one and `eval/init_true_reward/...` of the other
+    ({} with num_generate_eval 0; {} and one line saying why without an evaluation reward or prompts)."""
+    if cfg.train.num_generate_eval == 0:
         return {}
-    prompts = rl_prompts(cfg.data.task, cfg.train.num_generate_eval, seed=cfg.run.seed, split="eval")
+    held = held_out(cfg, EVAL_KINDS[job], cfg.train.num_generate_eval)
+    if isinstance(held, str):
+        print(held)
+        return {}
+    results = {
+        name: evaluate_policy(
+            path, held.reward, held.prompts, cfg.model.max_response_len, cfg.run.seed, initial
+        )
+        for name, path in (("initial", initial), (job, trained))
+    }
+    print(format_table(results, held, "initial", [(job, "initial")]))
     out = {}
-    for prefix, path in (("eval/init_true_reward", initial), ("eval/true_reward", trained)):
-        result = evaluate_policy(path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed)
-        out.update({f"{prefix}/{mode}": result[f"{mode}/mean"] for mode in ("greedy", "sampled")})
+    for prefix, name in (("eval/init_true_reward", "initial"), ("eval/true_reward", job)):
+        out.update(
+            {f"{prefix}/{mode}": results[name].metrics[f"{mode}/mean"] for mode in ("greedy", "sampled")}
+        )
     return out

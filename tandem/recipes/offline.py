@@ -136,13 +136,13 @@ def fit(
 
 def finish_policy_run(run: Run, result: LoopResult, initial: str) -> dict[str, Any]:
     """End a policy-training run (SFT, DPO): export the final model, score it and the model it
-    started from (`initial`) by the task's true reward, write the summary."""
+    started from (`initial`) by the evaluation reward (printing the table), write the summary."""
     from tandem.recipes.evaluate import evaluate_before_after
 
     if not result.finished:
         return finish_run(run, {"stopped_at": result.step})
     final = export_final(run, result.checkpoint)
-    rewards = evaluate_before_after(run.cfg, initial, str(final))
+    rewards = evaluate_before_after(run.cfg, initial, str(final), run.job)
     if rewards:
         run.tracker.log(rewards, step=result.step)
     return finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval, **rewards})

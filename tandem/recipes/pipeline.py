@@ -1,5 +1,6 @@
 """`tandem pipeline CONFIG`: InstructGPT end to end: SFT -> reward model -> PPO against it, then a
-held-out comparison of the base, SFT and PPO policies by the task's true reward, and the plots.
+held-out comparison of the base, SFT and PPO policies by the evaluation reward (`eval.reward`, else
+the task's true reward) on `data.eval_files` or the task's held-out prompts, and the plots.
 
 CONFIG is the PPO job; `pipeline.sft_config` and `pipeline.rm_config` name the two earlier stages'
 job files. Each stage writes its own run folder `<output_dir>/<run.name>-{sft,rm}` and the PPO
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -35,44 +35,23 @@ def stage_config(cfg: Config, path: str | None, stage: str, overrides: tuple[str
     return stage_cfg.model_copy(update={"wandb": cfg.wandb})
 
 
-def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, dict[str, float]]:
-    """True reward of each policy on the same held-out prompts; KL of each to `reference`."""
-    from tandem.data import rl_prompts
-    from tandem.recipes.evaluate import evaluate_policy
+def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, Any]:
+    """Each policy's held-out reward on the same prompts and its KL to `reference`; prints the
+    table (or the line saying why there is none)."""
+    from tandem.recipes.evaluate import evaluate_policy, format_table, held_out
 
-    if cfg.data.task is None:
+    held = held_out(cfg, "rl", cfg.data.num_eval)
+    if isinstance(held, str):
+        print(held)
         return {}
-    prompts = rl_prompts(cfg.data.task, cfg.data.num_eval, seed=cfg.run.seed, split="eval")
-    return {
+    results = {
         name: evaluate_policy(
-            path, cfg.data.task, prompts, cfg.model.max_response_len, cfg.run.seed, reference
+            path, held.reward, held.prompts, cfg.model.max_response_len, cfg.run.seed, reference
         )
         for name, path in policies.items()
     }
-
-
-def format_table(results: dict[str, dict[str, float]], n_prompts: int) -> str:
-    lines = [
-        f"true reward on {n_prompts} held-out prompts (mean +- standard error)",
-        f"{'policy':8} {'sampled':>17} {'greedy':>17} {'length':>7} {'KL to SFT':>10}",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"{name:8} {r['sampled/mean']:8.3f} +- {r['sampled/stderr']:5.3f} "
-            f"{r['greedy/mean']:8.3f} +- {r['greedy/stderr']:5.3f} {r['sampled/length']:7.2f} "
-            f"{r['kl_to_ref']:10.3f}"
-        )
-    if "ppo" in results and "sft" in results:
-        lines.append(
-            f"PPO - SFT (sampled): {gain_in_stderrs(results['ppo'], results['sft']):+.1f} standard errors"
-        )
-    return "\n".join(lines)
-
-
-def gain_in_stderrs(new: dict[str, float], old: dict[str, float], mode: str = "sampled") -> float:
-    """(new - old) over the standard error of the difference of two independent means."""
-    se = math.hypot(new[f"{mode}/stderr"], old[f"{mode}/stderr"])
-    return (new[f"{mode}/mean"] - old[f"{mode}/mean"]) / se if se > 0 else math.inf
+    print(format_table(results, held, "sft", [("sft", "base"), ("ppo", "sft")]))
+    return {name: e.metrics for name, e in results.items()}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -83,7 +62,13 @@ def run(cfg: Config) -> dict[str, Any]:
     sft_model = sft.run(stage_config(cfg, cfg.pipeline.sft_config, "sft"))["final_model"]
     rm_init = (f"model.path={sft_model}",) if cfg.pipeline.rm_from_sft else ()
     rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm", rm_init))["final_model"]
-    ppo_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": sft_model})})
+    # PPO's own before/after table is skipped: the comparison below holds it, on more prompts.
+    ppo_cfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"path": sft_model}),
+            "train": cfg.train.model_copy(update={"num_generate_eval": 0}),
+        }
+    )
     ppo_summary = ppo.run(ppo_cfg, rm_path=rm_model)
     policies = {"base": resolve_model(cfg.model.path), "sft": sft_model, "ppo": ppo_summary["final_model"]}
     results = compare(cfg, policies, reference=sft_model)
@@ -91,8 +76,6 @@ def run(cfg: Config) -> dict[str, Any]:
     (Path(run_dir) / "pipeline.json").write_text(
         json.dumps({"policies": policies, "results": results}, indent=1)
     )
-    if results:
-        print(format_table(results, cfg.data.num_eval))
     for path in write_report(run_dir):
         print(f"plot: {path}")
     return {"policies": policies, "results": results}

@@ -197,6 +197,12 @@ def run(
         step = train(cfg, roles, run, prompts, stop_after)
         final = roles.export_final(run) if step == cfg.ppo.steps else None
     summary = {"steps": step, **({"final_model": str(final)} if final else {"stopped_at": step})}
+    if final:  # the held-out table: the trained policy against the one it started from
+        from tandem.models import resolve_model
+        from tandem.recipes.evaluate import evaluate_before_after
+
+        # Into the summary (and W&B's), not metrics.jsonl: one row per PPO step stays one row.
+        summary |= evaluate_before_after(cfg, resolve_model(cfg.model.path), str(final), "ppo")
     return finish_run(run, summary)
 
 

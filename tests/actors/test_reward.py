@@ -193,3 +193,23 @@ def test_reward_actor(ray_session, server, rm_scorer, monkeypatch):
     assert result.components["true"] == result.components["again"] == [1.0, 0.0, 1.0]
     assert result.components["remote"] == pytest.approx(rm_scorer.score(PROMPTS, RESPONSES).total, abs=1e-6)
     assert result.total == [1.5, 0.0, 1.5]
+
+
+def test_length_penalty_per_token_of_the_policys_tokenizer():
+    from tandem.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-qwen2")
+    tokens = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in RESPONSES]
+    assert tokens[0] != tokens[2]  # a longer answer, more tokens: the penalty tells them apart
+    task = [RewardComponent(kind="function", path="task", name="true")]
+    scorer = RewardScorer(task, task="sort", length_penalty=0.25, tokenizer_path="tiny-qwen2")
+    result = scorer.score(PROMPTS, RESPONSES)
+    assert result.components == {"true": [1.0, 0.0, 1.0], "length_tokens": [float(n) for n in tokens]}
+    assert result.total == pytest.approx([1.0 - 0.25 * tokens[0], -0.25 * tokens[1], 1.0 - 0.25 * tokens[2]])
+    # From a job's config: the policy's (model.path) tokenizer; off by default.
+    cfg = Config().model_copy(update={"reward": Config().reward.model_copy(update={"length_penalty": 0.25})})
+    assert RewardScorer.from_config(cfg).score(PROMPTS, RESPONSES).total == pytest.approx(result.total)
+    assert "length_tokens" not in RewardScorer.from_config(Config()).score(PROMPTS, RESPONSES).components
+    taken = [*task, RewardComponent(kind="function", path="task", name="length_tokens")]
+    with pytest.raises(UserError, match=r"share the metric name\(s\) \['length_tokens'\]"):
+        RewardScorer(taken, task="sort", length_penalty=0.25, tokenizer_path="tiny-qwen2")

@@ -52,3 +52,14 @@ def test_load_reward_fn_reports_a_failing_user_module(tmp_path, monkeypatch):
         load_reward_fn("broken_reward_mod:fn")
     with pytest.raises(UserError, match="boom"):
         load_reward_fn("raising_reward_mod:fn")
+
+
+def test_load_reward_fn_finds_a_module_in_the_working_directory(tmp_path, monkeypatch):
+    # As under the `tandem` console script: the working directory is not on the path.
+    (tmp_path / "cwd_reward_mod.py").write_text(
+        "def fn(prompts, responses):\n    return [1.0] * len(prompts)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert load_reward_fn("cwd_reward_mod:fn")(["p"], ["r"]) == [1.0]
+    assert sys.path[-1] == str(tmp_path)  # appended: installed packages keep precedence

@@ -13,3 +13,20 @@ def short_answer(prompts: list[str], responses: list[str]) -> list[float]:
     tiny model can improve on within a few steps (stop early, pick short tokens), with a spread
     inside every group of samples, so GRPO advantages are never all zero."""
     return [1.0 - min(len(r), LIMIT) / LIMIT for r in responses]
+
+
+def reverse_score(prompts: list[str], responses: list[str]) -> list[float]:
+    """The evaluation reward of the tests' own task ("reverse: 3 1 4" -> "4 1 3", no built-in task).
+    Half: the digits in the right places (over the longer list; none for a response that is not a
+    list of numbers). Half: how close the answer's length in characters is to the right answer's,
+    so that even the garbage of an untrained model scores, differently for every prompt."""
+    from tandem.tasks import parse_numbers, prompt_numbers
+
+    scores = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        target = prompt_numbers(prompt, "reverse")[::-1]
+        got, text = parse_numbers(response) or [], " ".join(map(str, target))
+        places = sum(a == b for a, b in zip(got, target)) / max(len(got), len(target), 1)
+        length = 1 - abs(len(response) - len(text)) / max(len(response), len(text), 1)
+        scores.append((places + length) / 2)
+    return scores
