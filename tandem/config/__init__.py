@@ -1,6 +1,16 @@
-"""The job configuration: the typed schema (`schema`) and its loading from YAML and overrides (`loading`)."""
+"""The job configuration: the typed schema (`schema`, the RL roles' sections in `rl`, field types in
+`fields`) and its loading from YAML and overrides (`loading`)."""
 
 from tandem.config.loading import dump_config, load_config
+from tandem.config.rl import (
+    PPOConfig,
+    ReferenceConfig,
+    RewardComponent,
+    RewardConfig,
+    RolloutConfig,
+    SamplingConfig,
+    ServeConfig,
+)
 from tandem.config.schema import (
     Config,
     DataConfig,
@@ -10,15 +20,8 @@ from tandem.config.schema import (
     ModelConfig,
     OptimConfig,
     PipelineConfig,
-    PPOConfig,
     RayConfig,
-    ReferenceConfig,
-    RewardComponent,
-    RewardConfig,
-    RolloutConfig,
     RunConfig,
-    SamplingConfig,
-    ServeConfig,
     TrainConfig,
     WandbConfig,
 )

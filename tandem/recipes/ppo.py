@@ -20,8 +20,9 @@ from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder
 from tandem.errors import UserError
-from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, rollout_metrics
-from tandem.recipes.ppo_roles import Generation, Roles, needs_critic, ppo_learner_config
+from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
+from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
+from tandem.recipes.ppo_roles import Roles
 from tandem.recipes.run_dir import Run, finish_run, layout, start_run
 
 

@@ -1,4 +1,5 @@
-"""The PPO rollout batch and the driver's pure stages over it: reward shaping, advantages, metrics.
+"""The PPO rollout batch and the driver's pure stages over it: reward shaping, advantages, metrics;
+and `Generation`, a batch being drawn (or drawn ahead and kept in a checkpoint).
 
 Layout: one row per sampled response, right-padded to the longest response R of the batch; every
 per-token tensor is (B, R) and `mask` is 1 on real response tokens. This is the layout vLLM returns
@@ -10,10 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from tandem.actors.rollout import Sample
 
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
 
@@ -154,3 +158,39 @@ def rollout_metrics(batch: RolloutBatch, true_rewards: Sequence[float] | None) -
         m["critic/explained_variance"] = float(explained_variance(batch.values, batch.returns, batch.mask))
         m["critic/values_mean"] = masked_mean(batch.values, batch.mask).item()
     return m
+
+
+class Generation:
+    """One step's samples: being drawn by the engines (`refs`), or already drawn (`samples`, e.g.
+    restored from a checkpoint). Weight versions are the policy's: the engines count syncs since they
+    started, which after a resume is `version_offset` behind."""
+
+    def __init__(
+        self,
+        step: int,
+        prompt_texts: list[str],
+        refs: list[Any] | None = None,
+        samples: list[Sample] | None = None,
+        version_offset: int = 0,
+    ) -> None:
+        self.step, self.prompt_texts, self._refs, self._samples = step, prompt_texts, refs, samples
+        self.version_offset = version_offset
+
+    def result(self) -> list[Sample]:
+        from tandem.actors.rollout import RolloutGroup
+
+        if self._samples is None:
+            self._samples = RolloutGroup.gather(self._refs or [])
+            for s in self._samples:
+                s.weight_version += self.version_offset
+        return self._samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready (floats round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""
+        return {"step": self.step, "prompts": self.prompt_texts, "samples": [vars(s) for s in self.result()]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Generation:
+        from tandem.actors.rollout import Sample
+
+        return cls(state["step"], state["prompts"], samples=[Sample(**s) for s in state["samples"]])

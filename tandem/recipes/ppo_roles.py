@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -23,67 +23,13 @@ from tandem.config import Config, LearnerConfig
 from tandem.errors import UserError
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
-from tandem.recipes.ppo_batch import RolloutBatch
+from tandem.recipes.ppo_batch import Generation, RolloutBatch
+from tandem.recipes.ppo_config import needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
-
-if TYPE_CHECKING:
-    from tandem.actors.rollout import Sample
 
 # Per-response-token arrays each learner trains on, by role, beside the batch's rows (pi_old only
 # when it was computed: see `Roles.needs_old_logprobs`).
 TRAIN_KEYS = {"policy": ("old_logprobs", "advantages"), "critic": ("values", "returns")}
-
-
-def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> LearnerConfig:
-    """The policy's (`learner`) or critic's (`critic`) section with PPO's batch sizes: one optimizer
-    step per minibatch of the rollout batch.
-
-    A size the user left unset is derived (global: the minibatch; micro: the default, cut to divide a
-    rank's share); one the user set is kept, and a contradiction is a UserError naming both keys.
-    """
-    p, learner = cfg.ppo, getattr(cfg, section)
-    rollout_batch = p.prompts_per_step * p.samples_per_prompt
-    if rollout_batch % p.num_minibatches:
-        raise UserError(
-            f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
-            f"(prompts_per_step x samples_per_prompt = {rollout_batch})"
-        )
-    minibatch = rollout_batch // p.num_minibatches
-    if minibatch % learner.world_size:
-        raise UserError(
-            f"a PPO minibatch of {minibatch} sequences does not split over "
-            f"world_size {learner.world_size} learner ranks"
-        )
-    per_rank = minibatch // learner.world_size
-    minibatch_keys = (
-        f"ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches = "
-        f"{p.prompts_per_step} x {p.samples_per_prompt} / {p.num_minibatches}"
-    )
-    given = learner.model_fields_set
-    if "global_batch_size" in given and learner.global_batch_size != minibatch:
-        raise UserError(
-            f"{section}.global_batch_size {learner.global_batch_size} contradicts PPO's optimizer "
-            f"step of one minibatch, {minibatch} sequences ({minibatch_keys}); leave "
-            f"{section}.global_batch_size unset to have it derived, or change ppo.num_minibatches"
-        )
-    if "micro_batch_size" in given and per_rank % learner.micro_batch_size:
-        raise UserError(
-            f"{section}.micro_batch_size {learner.micro_batch_size} does not divide a rank's share "
-            f"of a PPO minibatch, {per_rank} sequences ({minibatch_keys}, over {section}.world_size "
-            f"{learner.world_size}); set it to a divisor of {per_rank}, or leave it unset to have "
-            f"it derived"
-        )
-    micro = (
-        learner.micro_batch_size
-        if "micro_batch_size" in given
-        else math.gcd(learner.micro_batch_size, per_rank)
-    )
-    return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
-
-
-def needs_critic(cfg: Config) -> bool:
-    """Whether the job trains a critic: its advantage estimator reads values."""
-    return get_adv_est(cfg.ppo.advantage).needs_critic
 
 
 class Roles:
@@ -407,44 +353,9 @@ class Roles:
 def _width(values: np.ndarray, width: int) -> torch.Tensor:
     """(B, R') scoring output -> a (B, width) tensor, R' <= width (a shard's widest row may be shorter)."""
     out = torch.zeros((len(values), width), dtype=torch.float32)
-    out[:, : values.shape[1]] = torch.tensor(values, dtype=torch.float32)  # a copy: Ray's arrays are read-only
+    # A copy: arrays from Ray's object store are read-only.
+    out[:, : values.shape[1]] = torch.tensor(values, dtype=torch.float32)
     return out
-
-
-class Generation:
-    """One step's samples: being drawn by the engines (`refs`), or already drawn (`samples`, e.g.
-    restored from a checkpoint). Weight versions are the policy's: the engines count syncs since they
-    started, which after a resume is `version_offset` behind."""
-
-    def __init__(
-        self,
-        step: int,
-        prompt_texts: list[str],
-        refs: list[Any] | None = None,
-        samples: list[Sample] | None = None,
-        version_offset: int = 0,
-    ) -> None:
-        self.step, self.prompt_texts, self._refs, self._samples = step, prompt_texts, refs, samples
-        self.version_offset = version_offset
-
-    def result(self) -> list[Sample]:
-        from tandem.actors.rollout import RolloutGroup
-
-        if self._samples is None:
-            self._samples = RolloutGroup.gather(self._refs or [])
-            for s in self._samples:
-                s.weight_version += self.version_offset
-        return self._samples
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-ready (floats round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""
-        return {"step": self.step, "prompts": self.prompt_texts, "samples": [vars(s) for s in self.result()]}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> Generation:
-        from tandem.actors.rollout import Sample
-
-        return cls(state["step"], state["prompts"], samples=[Sample(**s) for s in state["samples"]])
 
 
 def _task_reward(cfg: Config):

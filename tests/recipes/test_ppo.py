@@ -19,7 +19,8 @@ import pytest
 from tandem.config import load_config
 from tandem.errors import UserError
 from tandem.recipes import ppo
-from tandem.recipes.ppo_roles import Roles, ppo_learner_config
+from tandem.recipes.ppo_config import ppo_learner_config
+from tandem.recipes.ppo_roles import Roles
 from tandem.tracking import read_metrics
 
 pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes

@@ -1,0 +1,62 @@
+"""What PPO derives from the job's config: the learners' batch sizes and whether a critic trains."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from tandem.algos import get_adv_est
+from tandem.config import Config, LearnerConfig
+from tandem.errors import UserError
+
+
+def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> LearnerConfig:
+    """The policy's (`learner`) or critic's (`critic`) section with PPO's batch sizes: one optimizer
+    step per minibatch of the rollout batch.
+
+    A size the user left unset is derived (global: the minibatch; micro: the default, cut to divide a
+    rank's share); one the user set is kept, and a contradiction is a UserError naming both keys.
+    """
+    p, learner = cfg.ppo, getattr(cfg, section)
+    rollout_batch = p.prompts_per_step * p.samples_per_prompt
+    if rollout_batch % p.num_minibatches:
+        raise UserError(
+            f"ppo.num_minibatches {p.num_minibatches} must divide the rollout batch "
+            f"(prompts_per_step x samples_per_prompt = {rollout_batch})"
+        )
+    minibatch = rollout_batch // p.num_minibatches
+    if minibatch % learner.world_size:
+        raise UserError(
+            f"a PPO minibatch of {minibatch} sequences does not split over "
+            f"world_size {learner.world_size} learner ranks"
+        )
+    per_rank = minibatch // learner.world_size
+    minibatch_keys = (
+        f"ppo.prompts_per_step x ppo.samples_per_prompt / ppo.num_minibatches = "
+        f"{p.prompts_per_step} x {p.samples_per_prompt} / {p.num_minibatches}"
+    )
+    given = learner.model_fields_set
+    if "global_batch_size" in given and learner.global_batch_size != minibatch:
+        raise UserError(
+            f"{section}.global_batch_size {learner.global_batch_size} contradicts PPO's optimizer "
+            f"step of one minibatch, {minibatch} sequences ({minibatch_keys}); leave "
+            f"{section}.global_batch_size unset to have it derived, or change ppo.num_minibatches"
+        )
+    if "micro_batch_size" in given and per_rank % learner.micro_batch_size:
+        raise UserError(
+            f"{section}.micro_batch_size {learner.micro_batch_size} does not divide a rank's share "
+            f"of a PPO minibatch, {per_rank} sequences ({minibatch_keys}, over {section}.world_size "
+            f"{learner.world_size}); set it to a divisor of {per_rank}, or leave it unset to have "
+            f"it derived"
+        )
+    micro = (
+        learner.micro_batch_size
+        if "micro_batch_size" in given
+        else math.gcd(learner.micro_batch_size, per_rank)
+    )
+    return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
+
+
+def needs_critic(cfg: Config) -> bool:
+    """Whether the job trains a critic: its advantage estimator reads values."""
+    return get_adv_est(cfg.ppo.advantage).needs_critic
