@@ -151,3 +151,50 @@ def test_resume_starts_from_the_newest_complete_checkpoint(tmp_path, capsys):
     assert run.resume_from == run_dir / "checkpoints/step_000001" and run.start_step == 1
     assert "skipping checkpoint" in capsys.readouterr().err
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'  # step 2 is redone
+
+
+@pytest.mark.slow  # end to end: real Ray and DeepSpeed learners on the embedded tiny model
+def test_resume_after_a_truncated_shard_redoes_the_step_from_the_previous_checkpoint(
+    ray_session, tmp_path, capsys
+):
+    from tandem.recipes import sft
+    from tandem.tracking import read_metrics
+
+    cfg = load_config(
+        "configs/sft.yaml",
+        [
+            "data.num_train=16",
+            "data.num_eval=4",
+            "model.max_response_len=16",
+            "learner.micro_batch_size=4",
+            "learner.global_batch_size=4",
+            "learner.optim.warmup_steps=1",
+            "train.max_steps=3",
+            "train.eval_every=100",
+            "train.num_generate_eval=2",
+            "train.save_every=1",
+            "run.keep_checkpoints=2",
+            f"run.output_dir={tmp_path}",
+            "run.name=r",
+            "wandb.mode=disabled",
+        ],
+    )
+    run_dir = tmp_path / "r"
+    assert sft.run(cfg, None, 2)["stopped_at"] == 2
+    first = {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
+    bad = run_dir / "checkpoints/step_000002"
+    shard = max((bad / "deepspeed").rglob("*.pt"), key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a writer killed mid-file
+
+    summary = sft.run(cfg, resume_dir=str(run_dir))
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint {bad}" in err and "bytes, the manifest says" in err
+    rows = [r for r in read_metrics(run_dir) if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # step 2 redone from step 1's checkpoint, logged once
+    assert rows[1]["train/loss"] == pytest.approx(first[2], rel=1e-5)  # and redone exactly
+    assert summary["steps"] == 3
+    assert [p.name for p in Checkpoints(run_dir / "checkpoints", 2).folders()] == [
+        "step_000002",
+        "step_000003",
+    ]
+    assert verify(run_dir / "checkpoints/step_000002") is None
