@@ -65,7 +65,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute dtype of inference engines (vLLM, reference, reward)."""
     max_prompt_len: int = Field(64, ge=1)
-    """Prompts longer than this (in tokens) are truncated from the left."""
+    """Longest prompt in tokens, chat template included; a longer one is an error (see data.truncate_prompts)."""
     max_response_len: int = Field(32, ge=1)
     """Responses are cut at this many tokens (generation and training)."""
 
@@ -85,6 +85,8 @@ class DataConfig(_Section):
     """Annotator noise of built-in preference pairs: Bradley-Terry temperature (0 = always the better)."""
     demo_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     """Fraction of built-in SFT demonstrations with a demonstrator slip (the task's `slip`)."""
+    truncate_prompts: bool = False
+    """Cut prompts over model.max_prompt_len from the left (losing their start) instead of failing on the first."""
 
 
 class RayConfig(_Section):
