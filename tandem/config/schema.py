@@ -93,7 +93,9 @@ class RayConfig(_Section):
     address: str | None = None
     """Ray cluster to attach to ("auto", "ray://host:10001", "host:6379"); null starts a local Ray."""
     num_cpus: int | None = Field(None, ge=1)
-    """Logical CPUs of the local Ray (default: enough for the job's roles)."""
+    """Logical CPUs of the local Ray (default: enough for the job's roles, up to max_cpus)."""
+    max_cpus: int | None = Field(None, ge=1)
+    """Most logical CPUs a local Ray sized for the job takes (default: 4 per core); a job needing more fails at once."""
     object_store_mb: int = Field(256, ge=64)
     """Object store cap of the local Ray (uncapped Ray reserves ~30% of RAM in /dev/shm)."""
 
