@@ -55,8 +55,9 @@ class RunConfig(_Section):
     """Seed for data order, sampling and initialisation."""
     resume: bool = False
     """Continue from the latest checkpoint in the run folder instead of starting over."""
-    keep_checkpoints: int = Field(1, ge=1)
-    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted; 2: a
+    damaged newest one leaves the one before to resume from)."""
 
 
 class ModelConfig(_Section):
