@@ -314,7 +314,7 @@ class PPOConfig(_Section):
     """Adaptive controller: target KL per sequence."""
     kl_horizon: int = Field(10000, ge=1)
     """Adaptive controller: horizon in samples."""
-    save_every: int = Field(0, ge=0)
+    save_every: int = Field(10, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
