@@ -2,7 +2,9 @@
 
 Commands import their recipe lazily, so `tandem config show` answers without loading Ray, vLLM or
 DeepSpeed (torch only when the config names an algorithm, checked against `tandem.algos`' registries).
-A `UserError` anywhere becomes one paragraph on stderr and exit code 2, with no traceback.
+A `UserError` anywhere, in the driver or inside a Ray actor, becomes one paragraph on stderr and
+exit code 2, with no traceback (`--debug` prints it, the remote one included). Overrides may come
+before or after the options: `tandem submit job.yaml --address URL ppo.steps=5` works.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from tandem.errors import UserError
+from tandem.errors import UserError, find_user_error
 
 # command -> ("module:function", help). Each function takes (cfg: Config, args: Namespace).
 JOB_COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,17 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description="Distributed RLHF on Ray, vLLM and DeepSpeed."
     )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a user error")
+    # Also accepted after the command; SUPPRESS: a subcommand's default would overwrite the top one.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     config = sub.add_parser("config", help="inspect a job configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    show = config_sub.add_parser("show", help="print the fully resolved configuration")
+    show = config_sub.add_parser("show", parents=[debug], help="print the fully resolved configuration")
     show.add_argument("config", help="YAML job file")
     show.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     show.set_defaults(handler=_config_show)
 
     for name, (_, help_text) in JOB_COMMANDS.items():
-        job = sub.add_parser(name, help=help_text, aliases=[a for a, c in JOB_ALIASES.items() if c == name])
+        job = sub.add_parser(
+            name, parents=[debug], help=help_text, aliases=[a for a, c in JOB_ALIASES.items() if c == name]
+        )
         job.add_argument("config", help="YAML job file")
         job.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         job.add_argument(
@@ -107,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
             help="continue the run in RUN_DIR from its latest checkpoint",
         )
         job.set_defaults(handler=_run_job)
-    submit = sub.add_parser("submit", help="submit a job to a Ray cluster through Ray Jobs")
+    submit = sub.add_parser("submit", parents=[debug], help="submit a job to a Ray cluster through Ray Jobs")
     submit.add_argument("config", help="YAML job file")
     submit.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     submit.add_argument("--address", required=True, help="the cluster's job server, http://HEAD:8265")
@@ -115,18 +124,39 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     submit.set_defaults(handler=_submit)
 
-    report = sub.add_parser("report", help="write PNG plots of a run's metrics into its folder")
+    report = sub.add_parser(
+        "report", parents=[debug], help="write PNG plots of a run's metrics into its folder"
+    )
     report.add_argument("run_dir", help="a run folder holding metrics.jsonl")
     report.set_defaults(handler=_report)
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides accepted anywhere after the config (argparse
+    gives `nargs="*"` positionals only the run before the first option, and subparsers rule out
+    `parse_intermixed_args`)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if not a.startswith("-") and hasattr(args, "overrides")]
+    if len(late) < len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.handler(args)
-    except UserError as e:
-        print(f"tandem: error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = find_user_error(e)
+        if user_error is None:
+            raise
+        if args.debug:
+            traceback.print_exception(e)
+        print(f"tandem: error: {user_error}", file=sys.stderr)
         return 2
 
 

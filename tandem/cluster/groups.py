@@ -75,11 +75,57 @@ def make_placement_group(
         remove_placement_group(pg)
         raise ActorGroupError(
             f"{name or 'placement group'}: bundles {bundles} ({strategy}) were not "
-            f"available within {timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}",
+            f"available within {timeout_s:.0f}s; {cluster_resources()}",
             name,
             list(range(num_bundles)),
         )
     return pg
+
+
+def cluster_resources() -> str:
+    """What the cluster has, in all and free now, for errors about what could not be placed."""
+    import ray
+
+    def fmt(resources: Mapping[str, float]) -> str:
+        shown = [
+            f"{k} {v / 2**30:.1f} GiB" if "memory" in k else f"{k} {v:g}"
+            for k, v in sorted(resources.items())
+            if not k.startswith(("node:", "bundle_group"))  # Ray's bookkeeping, not what a role asks
+        ]
+        return ", ".join(shown) or "nothing"
+
+    return f"the cluster has {fmt(ray.cluster_resources())} in all; {fmt(ray.available_resources())} free"
+
+
+def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: float) -> None:
+    """Wait until every actor of `actors` (by name, each asking for `asks`) is placed and built.
+
+    ActorGroupError after `timeout_s` naming those still waiting, what each asks for and what the
+    cluster has (single actors outside a placement group otherwise wait for room forever); at once
+    naming the actor if a constructor raises."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        # Short waits in a loop: a blocking ray.wait would not let Ctrl-C through.
+        ready, _ = ray.wait(list(pending), timeout=min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        for ref in ready:
+            name = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except (RayActorError, RayTaskError) as e:
+                raise ActorGroupError(f"{name} died during startup: {_first_line(e)}", name, [0]) from e
+        if pending and time.monotonic() >= deadline:
+            names = sorted(pending.values())
+            asked = ", ".join(f"{k} {v:g}" for k, v in asks.items())
+            raise ActorGroupError(
+                f"{', '.join(names)} not placed within {timeout_s:.0f}s, each asking for {asked}; "
+                f"{cluster_resources()}",
+                names[0],
+                [],
+            )
 
 
 def _bundle_nodes(pg, indices: Sequence[int]) -> list[str]:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tandem.config import Config, RayConfig
+from tandem.errors import UserError
 
 
 def cuda_available() -> bool:
@@ -67,11 +68,49 @@ def placement_options(resources: Mapping[str, float], placement: tuple[Any, int]
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, bundle)}
 
 
+def local_cpu_cap(cfg: RayConfig) -> int:
+    """Most logical CPUs a local Ray sized for a job takes: `ray.max_cpus`, else 4 per core.
+
+    Logical CPUs may exceed the cores (tandem's CPU actors mostly wait on each other; the tests run
+    8 on 2 cores), but not without bound: every engine and learner holds a model in memory, and 64
+    engines on 2 cores used up the RAM before the first step.
+    """
+    return cfg.max_cpus or 4 * len(os.sched_getaffinity(0))
+
+
+def local_cpus(cfg: RayConfig, need: int) -> int:
+    """Logical CPUs of a local Ray for a job whose roles take `need`: `ray.num_cpus` when set, else
+    enough for the job and at least the cores (and 4), up to `local_cpu_cap`."""
+    if cfg.num_cpus:
+        return cfg.num_cpus
+    return min(max(need, len(os.sched_getaffinity(0)), 4), local_cpu_cap(cfg))
+
+
+def check_local_fit(cfg: RayConfig, need: int) -> None:
+    """UserError, before Ray starts, when a local Ray cannot hold the job's roles: they would
+    otherwise wait for CPUs that never come (a local Ray is the whole cluster)."""
+    have = local_cpus(cfg, need)
+    if need <= have:
+        return
+    limit = f"ray.num_cpus={cfg.num_cpus}" if cfg.num_cpus else f"ray.max_cpus={local_cpu_cap(cfg)}"
+    raise UserError(
+        f"the job's roles need {need} logical CPUs, but a local Ray here has {have} ({limit}, "
+        f"{len(os.sched_getaffinity(0))} cores): lower rollout.num_engines or the roles' CPUs "
+        "(rollout.cpus_per_engine, learner.cpus_per_rank, critic.cpus_per_rank, reward.cpus, "
+        "reference.cpus), or raise ray.max_cpus to share the cores further"
+    )
+
+
+def _starts_local(cfg: RayConfig) -> bool:
+    # RAY_ADDRESS: a driver started by Ray Jobs (`tandem submit`) joins its cluster.
+    return not cfg.address and not os.environ.get("RAY_ADDRESS")
+
+
 def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
-    """Attach to `cfg.address` (or the job's RAY_ADDRESS), or start a local Ray sized for the job (a no-op if Ray is up).
+    """Attach to `cfg.address` (or the job's RAY_ADDRESS), or start a local Ray with `local_cpus`
+    for a job needing `num_cpus` (a no-op if Ray is up).
 
     The local Ray gets an object-store cap: uncapped, Ray reserves about 30% of RAM in /dev/shm.
-    Logical CPUs may exceed the real cores: tandem's CPU actors mostly wait on each other.
     """
     import ray
 
@@ -82,13 +121,13 @@ def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
         return
-    if os.environ.get("RAY_ADDRESS"):
-        # A driver started by Ray Jobs (`tandem submit`): its cluster and runtime env come with the job.
+    if not _starts_local(cfg):
+        # The job's cluster and runtime env come with the job.
         ray.init()
         return
     ray.init(
         address="local",
-        num_cpus=cfg.num_cpus or num_cpus or max(os.cpu_count() or 1, 4),
+        num_cpus=local_cpus(cfg, num_cpus or 0),
         object_store_memory=cfg.object_store_mb << 20,
         include_dashboard=False,
         runtime_env=runtime_env,
@@ -98,13 +137,16 @@ def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
 
 @contextmanager
 def ray_cluster(cfg: Config, num_cpus: int | None = None) -> Iterator[None]:
-    """Ray for one job: attach, or start one with `num_cpus` logical CPUs (default: enough for the
-    learner group); a Ray started here is shut down at the end."""
+    """Ray for one job: attach, or start one for roles taking `num_cpus` logical CPUs (default:
+    the learner group's), failing at once if a local Ray cannot hold them; a Ray started here is
+    shut down at the end."""
     import ray
 
     started = not ray.is_initialized()
     need = num_cpus or math.ceil(cfg.learner.world_size * cfg.learner.cpus_per_rank)
-    init_ray(cfg.ray, num_cpus=max(need, os.cpu_count() or 1, 4))
+    if started and _starts_local(cfg.ray):
+        check_local_fit(cfg.ray, need)
+    init_ray(cfg.ray, num_cpus=need)
     try:
         yield
     finally:

@@ -35,7 +35,8 @@ def submit(cfg: Config, command: str, address: str, follow: bool = False) -> str
         (Path(staging) / JOB_CONFIG).write_text(dump_config(cfg, only_set=True))
         job_id = _submit_when_ready(
             client,
-            entrypoint=f"python -m tandem.cli {shlex.quote(command)} {JOB_CONFIG}",
+            # Through job_entry: a head whose `python` lacks the stack gets one clear line, not a traceback.
+            entrypoint=f"python -m tandem.cluster.job_entry {shlex.quote(command)} {JOB_CONFIG}",
             runtime_env={
                 "working_dir": staging,
                 "py_modules": [str(Path(tandem.__file__).parent)],

@@ -155,7 +155,7 @@ class PPOConfig(_Section):
     """The importance-weight cap C: tis truncates at C, mis masks ratios outside [1/C, C]."""
     is_level: Literal["token", "sequence"] = "token"
     """Importance ratios per token, or per response (the geometric mean of its tokens' ratios)."""
-    save_every: int = Field(0, ge=0)
+    save_every: int = Field(10, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""

@@ -29,8 +29,9 @@ class RunConfig(_Section):
     """Seed for data order, sampling and initialisation."""
     resume: bool = False
     """Continue from the latest checkpoint in the run folder instead of starting over."""
-    keep_checkpoints: int = Field(1, ge=1)
-    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted; 2: a
+    damaged newest one leaves the one before to resume from)."""
 
 
 class ModelConfig(_Section):
@@ -39,7 +40,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute dtype of inference engines (vLLM, reference, reward)."""
     max_prompt_len: int = Field(64, ge=1)
-    """Prompts longer than this (in tokens) are truncated from the left."""
+    """Longest prompt in tokens, chat template included; a longer one is an error (see data.truncate_prompts)."""
     max_response_len: int = Field(32, ge=1)
     """Responses are cut at this many tokens (generation and training)."""
 
@@ -59,13 +60,17 @@ class DataConfig(_Section):
     """Annotator noise of built-in preference pairs: Bradley-Terry temperature (0 = always the better)."""
     demo_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     """Fraction of built-in SFT demonstrations with a demonstrator slip (the task's `slip`)."""
+    truncate_prompts: bool = False
+    """Cut prompts over model.max_prompt_len from the left (losing their start) instead of failing on the first."""
 
 
 class RayConfig(_Section):
     address: str | None = None
     """Ray cluster to attach to ("auto", "ray://host:10001", "host:6379"); null starts a local Ray."""
     num_cpus: int | None = Field(None, ge=1)
-    """Logical CPUs of the local Ray (default: enough for the job's roles)."""
+    """Logical CPUs of the local Ray (default: enough for the job's roles, up to max_cpus)."""
+    max_cpus: int | None = Field(None, ge=1)
+    """Most logical CPUs a local Ray sized for the job takes (default: 4 per core); a job needing more fails at once."""
     object_store_mb: int = Field(256, ge=64)
     """Object store cap of the local Ray (uncapped Ray reserves ~30% of RAM in /dev/shm)."""
 

@@ -55,9 +55,10 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import RewardLearner
     from tandem.models import resolve_model
 
+    # Data first: a bad row or an over-long prompt then fails before the run folder is touched.
+    train, held_out, held_out_true = load_data(cfg)
     run = start_run(cfg, "rm", resume_dir)
     model_path = resolve_model(cfg.model.path)
-    train, held_out, held_out_true = load_data(cfg)
 
     def held_out_losses(group: ActorGroup) -> dict[str, float]:
         return {**eval_loss(group, held_out), **eval_loss(group, held_out_true, "eval/true_")}

@@ -5,7 +5,8 @@ A run folder `<run.output_dir>/<run.name>` holds:
     config.yaml          the resolved config
     metrics.jsonl        one row per logged step (see tandem.tracking)
     checkpoints/step_N/  model/ (HF dir), deepspeed/ (optimizer + schedule), rng/ (PPO: one such
-                         set per learner group, in policy/ and critic/), and state.json
+                         set per learner group, in policy/ and critic/), state.json and
+                         manifest.json (see tandem.recipes.checkpoints)
     checkpoints/latest   the name of the newest checkpoint
     final/               the trained model as an HF directory (what the next stage's model.path names)
     summary.json         the run's final numbers
@@ -17,7 +18,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from tandem.cluster.groups import ActorGroup
 from tandem.config import Config, LearnerConfig, dump_config
 from tandem.errors import UserError
+from tandem.recipes.checkpoints import Checkpoints
 from tandem.tracking import Tracker
 
 
@@ -44,17 +45,25 @@ class Run:
 
 def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
     """Create (or reopen, when resuming) the run folder. Resuming: `run.resume: true` or
-    `--resume RUN_DIR` (which also names the folder); with no checkpoint there, it starts over."""
+    `--resume RUN_DIR` (which also names the folder) continues from the newest complete checkpoint;
+    with no checkpoint folder there at all, it starts over. UserError when checkpoints exist but
+    none is complete (nothing is touched: starting over would delete the run's metrics)."""
     run_dir = Path(resume_dir) if resume_dir else Path(cfg.run.output_dir) / cfg.run.name
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.run.keep_checkpoints)
     resuming = bool(resume_dir) or cfg.run.resume
-    latest = checkpoints.latest() if resuming else None
     if resume_dir and not run_dir.is_dir():
         raise UserError(f"--resume {resume_dir}: no such run folder")
-    if not resuming and checkpoints.latest() is not None:
+    folders = checkpoints.folders()
+    if not resuming and folders:
         raise UserError(
             f"run folder {run_dir} already holds checkpoints; resume it with run.resume=true "
             f"(or --resume {run_dir}), or pick another run.name"
+        )
+    latest = checkpoints.latest() if folders else None
+    if folders and latest is None:
+        raise UserError(
+            f"{checkpoints.root}: none of its {len(folders)} checkpoint(s) is complete (see the "
+            "warnings above), so the run cannot be resumed; move the folder away to start over"
         )
     if latest is not None:
         check_layout(cfg, latest)
@@ -72,40 +81,6 @@ def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
     if latest:
         print(f"resuming {run_dir} from {latest.name} (step {start_step})")
     return Run(cfg, job, run_dir, tracker, checkpoints, latest, start_step, time.time())
-
-
-class Checkpoints:
-    """Resumable checkpoints `step_N/` under one folder, the newest named in `latest`."""
-
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root, self.keep = root, keep
-
-    def latest(self) -> Path | None:
-        pointer = self.root / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.root / pointer.read_text().strip()
-        return path if (path / "state.json").is_file() else None
-
-    def save(self, groups: ActorGroup | Mapping[str, ActorGroup], step: int, state: dict[str, Any]) -> Path:
-        """All ranks write their part (several groups: each in a subfolder named by its key); then
-        state.json (last: its presence marks a complete checkpoint), the `latest` pointer, and old
-        checkpoints are pruned."""
-        path = self.root / f"step_{step:06d}"
-        parts = {"": groups} if isinstance(groups, ActorGroup) else dict(groups)
-        refs = {name: group.async_call("save", str(path / name)) for name, group in parts.items()}
-        for name, group in parts.items():
-            group.collect(refs[name], "save")
-        (path / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-        (self.root / "latest").write_text(path.name)
-        done = sorted(p for p in self.root.glob("step_*") if (p / "state.json").is_file())
-        for old in done[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
-
-    @staticmethod
-    def read_state(path: Path) -> dict[str, Any]:
-        return json.loads((path / "state.json").read_text())
 
 
 def layout(cfg: LearnerConfig) -> dict[str, int]:

@@ -31,9 +31,10 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import SFTLearner
     from tandem.models import resolve_model
 
+    # Data first: a bad row or an over-long prompt then fails before the run folder is touched.
+    train, held_out = load_data(cfg)
     run = start_run(cfg, "sft", resume_dir)
     model_path = resolve_model(cfg.model.path)
-    train, held_out = load_data(cfg)
     result = fit(
         run,
         cfg,

@@ -87,9 +87,29 @@ def test_dead_rank_is_named_fast(ray_session):
         assert time.monotonic() - t0 < 30  # not the 60 s its peer sleeps
 
 
-def test_unplaceable_group_fails(ray_session):
-    with pytest.raises(ActorGroupError, match="not available within"):
+def test_unplaceable_group_fails_naming_the_ask_and_the_cluster(ray_session):
+    with pytest.raises(ActorGroupError, match="not available within") as info:
         ActorGroup("huge", Worker, 2, cpus_per_actor=1000, ready_timeout_s=1, args=("t",))
+    assert "'CPU': 1000" in str(info.value) and "the cluster has CPU 8, memory" in str(info.value)
+
+
+def test_unplaceable_single_actors_fail_within_the_deadline(ray_session):
+    import ray
+
+    from tandem.cluster.groups import wait_ready
+
+    fits = ray.remote(Worker).options(num_cpus=0.1).remote("a")
+    too_big = ray.remote(Worker).options(num_cpus=64).remote("b")
+    t0 = time.monotonic()
+    with pytest.raises(ActorGroupError) as info:
+        wait_ready({"rollout engine 0": fits, "rollout engine 1": too_big}, {"CPU": 64}, timeout_s=2)
+    took = time.monotonic() - t0
+    ray.kill(fits)
+    ray.kill(too_big)
+    message = str(info.value)
+    assert message.startswith("rollout engine 1 not placed within 2s, each asking for CPU 64;")
+    assert "the cluster has CPU 8, memory" in message
+    assert 2 <= took < 10
 
 
 def test_rank_zero_holds_the_port_it_publishes(monkeypatch):

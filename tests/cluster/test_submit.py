@@ -88,12 +88,12 @@ def test_submit_runs_job_on_the_head_and_streams_logs(ray_head, auth_env, tmp_pa
             BIN / "tandem",
             "submit",
             str(config),
-            "model.max_response_len=8",
             "--address",
             ray_head,
             "--job",
             "generate",
             "--follow",
+            "model.max_response_len=8",  # an override after the options (was "unrecognized arguments")
         ],
         check=False,
         capture_output=True,
