@@ -21,6 +21,7 @@ from tandem.config import Config, ModelConfig, RolloutConfig
 logger = logging.getLogger(__name__)
 
 EXTENSION = "tandem.actors.vllm_ext.WeightSyncExtension"
+READY_TIMEOUT_S = 300.0  # placing and starting an engine (loading a large model on GPUs takes minutes)
 
 
 @dataclass
@@ -282,10 +283,16 @@ class RolloutGroup:
         )
         return {"num_gpus": 0, "num_cpus": 0, "resources": {}, "scheduling_strategy": strategy}
 
-    def wait_ready(self) -> list[dict[str, Any]]:
-        """Block until every engine is up; returns their `info()` (startup times included)."""
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Block until every engine is up; returns their `info()` (startup times included). An engine
+        not placed within `timeout_s` is an error naming what it asks for and what the cluster has."""
         import ray
 
+        from tandem.cluster.groups import wait_ready
+
+        r = self.cfg.rollout
+        engines = {f"rollout engine {i}": e for i, e in enumerate(self.engines)}
+        wait_ready(engines, {"CPU": r.cpus_per_engine, "GPU": r.gpus_per_engine}, timeout_s)
         return ray.get([e.info.remote() for e in self.engines])
 
     def submit(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:

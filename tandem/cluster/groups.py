@@ -90,7 +90,9 @@ def cluster_resources() -> str:
         shown = [
             f"{k} {v / 2**30:.1f} GiB" if "memory" in k else f"{k} {v:g}"
             for k, v in sorted(resources.items())
-            if not k.startswith(("node:", "bundle_group"))  # Ray's bookkeeping, not what a role asks
+            # Ray's bookkeeping (a placement group's reserved share shows as e.g. CPU_group_<id>), not
+            # what a role asks for.
+            if not k.startswith(("node:", "bundle_group")) and "_group_" not in k
         ]
         return ", ".join(shown) or "nothing"
 

@@ -18,8 +18,7 @@ import torch
 from tandem.algos import make_kl_controller
 from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
-from tandem.data.records import BatchOrder
-from tandem.errors import UserError
+from tandem.data.records import BatchOrder, load_prompts
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
@@ -169,17 +168,6 @@ def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
         "perf/samples_per_s": len(batch) / max(step_s, 1e-9),
         "timing/step": step_s,
     }
-
-
-def load_prompts(cfg: Config) -> list[str | list[dict]]:
-    """RL prompts: the user's files (column `prompt`), else the built-in task's training split."""
-    from tandem.data import load_data_file, rl_prompts
-
-    if cfg.data.train_files:
-        return [r["prompt"] for f in cfg.data.train_files for r in load_data_file(f, "rl")]
-    if cfg.data.task is None:
-        raise UserError("no prompts: set data.task or data.train_files")
-    return rl_prompts(cfg.data.task, cfg.data.num_train, seed=cfg.run.seed, split="train")
 
 
 def run(

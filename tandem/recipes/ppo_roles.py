@@ -56,11 +56,11 @@ class Roles:
         return math.ceil(total)
 
     def _start(self, rm_path: str | None) -> None:
-        import ray
 
         from tandem.actors.reference import make_reference_actor
         from tandem.actors.reward import make_reward_actor
-        from tandem.actors.rollout import RolloutGroup
+        from tandem.actors.rollout import READY_TIMEOUT_S, RolloutGroup
+        from tandem.cluster.groups import wait_ready
         from tandem.cluster.weight_sync import WeightSync
         from tandem.learners.ppo import CriticLearner, PolicyLearner
         from tandem.models import load_tokenizer, resolve_model
@@ -115,7 +115,11 @@ class Roles:
         self._actors = [self.reward, self.reference]
         setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
         self.policy.collect(setups, "setup")
-        ray.get([self.reward.__ray_ready__.remote(), self.reference.__ray_ready__.remote()])
+        for name, actor, section in (
+            ("reward actor", self.reward, cfg.reward),
+            ("reference actor", self.reference, cfg.reference),
+        ):
+            wait_ready({name: actor}, {"CPU": section.cpus, "GPU": section.gpus}, READY_TIMEOUT_S)
         self.weight_sync = WeightSync(self.policy, self.rollout.engines, cfg.rollout.sync_bucket_mb)
         self.weight_sync.setup()
         self.version = 0  # weight syncs done: the version the engines sample with
