@@ -7,6 +7,7 @@ one object-store reference per step; each rank is told which rows are its share.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -43,7 +44,10 @@ class _RolloutLearner(DeepSpeedLearner):
     def train_rollout(self, tokens: Rows, train: Rows, index: Sequence[int]) -> dict[str, float]:
         """One optimizer step on rows `index` of a step's batch (`tokens`, with the per-token arrays
         of `train`); every rank calls it at once with its share."""
-        return self.train_batch(tokens.merge(train).select(index))
+        started = time.perf_counter()
+        metrics = self.train_batch(tokens.merge(train).select(index))
+        # This rank's time in the step, for the driver's share of orchestration around it.
+        return metrics | {"perf/learner_s": time.perf_counter() - started}
 
     def _forward(self, batch: TokenBatch) -> torch.Tensor:
         return self.engine(

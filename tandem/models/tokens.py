@@ -46,7 +46,9 @@ def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -
     response_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (prompt, response) in enumerate(rows):
         n_p, n = len(prompt), len(prompt) + len(response)
-        input_ids[i, :n] = torch.tensor([*prompt, *response], dtype=torch.long)
+        # as_tensor: ids may be lists or array/tensor slices (a rollout batch's padded rows).
+        input_ids[i, :n_p] = torch.as_tensor(prompt, dtype=torch.long)
+        input_ids[i, n_p:n] = torch.as_tensor(response, dtype=torch.long)
         attention_mask[i, :n] = 1
         response_mask[i, n_p:n] = 1
     return TokenBatch(input_ids, attention_mask, response_mask)

@@ -95,7 +95,7 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
     bar = tqdm(total=p.steps, initial=step, desc="ppo", unit="step", dynamic_ncols=True)
     for step in range(run.start_step + 1, p.steps + 1):
         t: dict[str, float] = {}
-        cpu = CpuClock()
+        cpu, step_started = CpuClock(), time.perf_counter()
         start(step, step)
         with timed(t, "generate", cpu):
             batch = roles.finish_generation(ahead.pop(step))
@@ -127,6 +127,7 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
             roles.sync_weights()
         kl_ctl.update(kl_metrics["kl/mean"], len(batch))
         metrics |= kl_metrics | t | _throughput(batch, t) | cpu.utilisation()
+        metrics |= _overhead(metrics, time.perf_counter() - step_started)
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
             run.tracker.table(
@@ -156,6 +157,15 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
             break
     bar.close()
     return step
+
+
+def _overhead(m: dict[str, float], wall: float) -> dict[str, float]:
+    """Orchestration's share of a step: the driver's time outside every stage, plus, in the update
+    stages, the time the learners were not computing (shipping rows, waiting on calls)."""
+    stages = sum(m[k] for k in m if k.startswith("timing/") and k != "timing/step")
+    update = m["timing/policy_update"] + m.get("timing/critic_update", 0.0)
+    learners = m["perf/actor_learner_s"] + m.get("perf/critic_learner_s", 0.0)
+    return {"perf/overhead_frac": (wall - stages + max(update - learners, 0.0)) / wall}
 
 
 def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:

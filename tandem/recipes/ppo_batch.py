@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from tandem.actors.rollout import Sample
-
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
+
+if TYPE_CHECKING:
+    from tandem.actors.rollout import SampleBatch
 
 
 def pad_right(
@@ -43,8 +44,8 @@ class RolloutBatch:
 
     prompts: list[str]  # (B,) prompt text as reward functions see it
     responses: list[str]  # (B,) decoded responses
-    prompt_ids: list[list[int]]  # (B, P_i) chat-templated prompt tokens
-    response_ids: list[list[int]]  # (B, R_i) sampled tokens
+    prompt_ids: list[list[int]]  # (B, P_i) chat-templated prompt tokens (a prompt's samples share one list)
+    response_ids: Tensor  # (B, R) sampled tokens, 0 off the response
     rollout_logprobs: Tensor  # (B, R) logprobs of the sampled tokens under the sampler (vLLM)
     mask: Tensor  # (B, R) 1 on response tokens
     weight_versions: list[int]  # (B,) weight version each sample was drawn with
@@ -62,18 +63,28 @@ class RolloutBatch:
     returns: Tensor | None = None  # (B, R)
 
     @classmethod
-    def from_samples(cls, samples: Sequence, prompt_texts: Sequence[str]) -> RolloutBatch:
-        """Build from rollout `Sample`s (prompt-major); `prompt_texts[s.prompt_index]` is each one's prompt."""
+    def from_draw(
+        cls, drawn: SampleBatch, prompt_ids: Sequence[list[int]], prompt_texts: Sequence[str]
+    ) -> RolloutBatch:
+        """Build from the engines' samples (prompt-major); sample i answers prompt `drawn.prompt_index[i]`,
+        whose token ids and text the driver holds."""
+        index = drawn.prompt_index.tolist()
+        lengths = torch.from_numpy(drawn.lengths)
+        width = drawn.response_ids.shape[1]
         return cls(
-            prompts=[prompt_texts[s.prompt_index] for s in samples],
-            responses=[s.response_text for s in samples],
-            prompt_ids=[list(s.prompt_ids) for s in samples],
-            response_ids=[list(s.response_ids) for s in samples],
-            rollout_logprobs=pad_right([s.logprobs for s in samples]),
-            mask=pad_right([[1.0] * len(s.response_ids) for s in samples]),
-            weight_versions=[s.weight_version for s in samples],
-            truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
+            prompts=[prompt_texts[i] for i in index],
+            responses=list(drawn.texts),
+            prompt_ids=[prompt_ids[i] for i in index],
+            response_ids=torch.from_numpy(drawn.response_ids),
+            rollout_logprobs=torch.from_numpy(drawn.logprobs),
+            mask=(torch.arange(width)[None, :] < lengths[:, None]).float(),
+            weight_versions=drawn.weight_versions.tolist(),
+            truncated=torch.from_numpy(drawn.truncated),
         )
+
+    def responses_ids(self) -> list[Tensor]:
+        """Each row's response token ids, unpadded."""
+        return [row[:n] for row, n in zip(self.response_ids, self.lengths().long().tolist())]
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -161,36 +172,58 @@ def rollout_metrics(batch: RolloutBatch, true_rewards: Sequence[float] | None) -
 
 
 class Generation:
-    """One step's samples: being drawn by the engines (`refs`), or already drawn (`samples`, e.g.
+    """One step's samples: being drawn by the engines (`refs`), or already drawn (`drawn`, e.g.
     restored from a checkpoint). Weight versions are the policy's: the engines count syncs since they
     started, which after a resume is `version_offset` behind."""
 
     def __init__(
         self,
         step: int,
+        prompt_ids: list[list[int]],
         prompt_texts: list[str],
         refs: list[Any] | None = None,
-        samples: list[Sample] | None = None,
+        drawn: SampleBatch | None = None,
         version_offset: int = 0,
     ) -> None:
-        self.step, self.prompt_texts, self._refs, self._samples = step, prompt_texts, refs, samples
-        self.version_offset = version_offset
+        self.step, self.prompt_ids, self.prompt_texts = step, prompt_ids, prompt_texts
+        self._refs, self._drawn, self.version_offset = refs, drawn, version_offset
 
-    def result(self) -> list[Sample]:
-        from tandem.actors.rollout import RolloutGroup
+    def result(self) -> SampleBatch:
+        import ray
 
-        if self._samples is None:
-            self._samples = RolloutGroup.gather(self._refs or [])
-            for s in self._samples:
-                s.weight_version += self.version_offset
-        return self._samples
+        from tandem.actors.rollout import SampleBatch
+
+        if self._drawn is None:
+            self._drawn = SampleBatch.concat(ray.get(list(self._refs or [])))
+            self._drawn.weight_versions += self.version_offset
+        return self._drawn
+
+    def batch(self) -> RolloutBatch:
+        return RolloutBatch.from_draw(self.result(), self.prompt_ids, self.prompt_texts)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready (floats round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""
-        return {"step": self.step, "prompts": self.prompt_texts, "samples": [vars(s) for s in self.result()]}
+        """JSON-ready (float32 values round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""
+        drawn = self.result()
+        arrays = {k: v.tolist() for k, v in vars(drawn).items() if isinstance(v, np.ndarray)}
+        return {
+            "step": self.step,
+            "prompt_ids": self.prompt_ids,
+            "prompts": self.prompt_texts,
+            "drawn": {**arrays, "texts": drawn.texts},
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Generation:
-        from tandem.actors.rollout import Sample
+        from tandem.actors.rollout import SampleBatch
 
-        return cls(state["step"], state["prompts"], samples=[Sample(**s) for s in state["samples"]])
+        d = state["drawn"]
+        drawn = SampleBatch(
+            response_ids=np.array(d["response_ids"], np.int64).reshape(len(d["lengths"]), -1),
+            logprobs=np.array(d["logprobs"], np.float32).reshape(len(d["lengths"]), -1),
+            lengths=np.array(d["lengths"], np.int64),
+            prompt_index=np.array(d["prompt_index"], np.int64),
+            truncated=np.array(d["truncated"], bool),
+            texts=d["texts"],
+            weight_versions=np.array(d["weight_versions"], np.int64),
+        )
+        return cls(state["step"], state["prompt_ids"], state["prompts"], drawn=drawn)

@@ -196,25 +196,26 @@ class Roles:
         The seed comes from the run's seed and the step, so a batch is the same whenever it is drawn."""
         from tandem.data import prompt_ids, prompt_text
 
-        ids = [prompt_ids(self.tokenizer, q) for q in prompts]
+        # Cut as the engines cut (from the left; only with data.truncate_prompts, else checked at load).
+        ids = [prompt_ids(self.tokenizer, q)[-self.cfg.model.max_prompt_len :] for q in prompts]
         seed = random.Random(self.cfg.run.seed * 1_000_003 + step).randrange(1 << 31)
-        refs = self.rollout.submit("generate", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
+        refs = self.rollout.submit("draw", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
         return Generation(
-            step, [prompt_text(q) for q in prompts], refs=refs, version_offset=self.version_offset
+            step, ids, [prompt_text(q) for q in prompts], refs=refs, version_offset=self.version_offset
         )
 
     def finish_generation(self, gen: Generation) -> RolloutBatch:
         """Wait for a generation; refuses samples more than `ppo.max_staleness` policy versions behind
         the learners (which hold version step - 1 when step `gen.step` trains)."""
-        samples = gen.result()
+        versions = gen.result().weight_versions
         learner_version, limit = gen.step - 1, self.cfg.ppo.max_staleness
-        stale = sorted({s.weight_version for s in samples if learner_version - s.weight_version > limit})
+        stale = sorted({int(v) for v in versions if learner_version - v > limit})
         if stale:
             raise RuntimeError(
                 f"off-policy samples for step {gen.step}: drawn with policy version(s) {stale}, more than "
                 f"ppo.max_staleness={limit} behind the policy being trained (version {learner_version})"
             )
-        return RolloutBatch.from_samples(samples, gen.prompt_texts)
+        return gen.batch()
 
     def needs_old_logprobs(self) -> bool:
         """pi_old is a pass of its own only when the weights move before the batch's last minibatch;
@@ -233,7 +234,7 @@ class Roles:
         width = batch.mask.shape[1]
         rows = Rows.from_ids(
             batch.prompt_ids,
-            batch.response_ids,
+            batch.responses_ids(),
             self.tokenizer.pad_token_id,
             behaviour_logprobs=batch.rollout_logprobs,
         )
@@ -298,7 +299,8 @@ class Roles:
                         sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"
         steps = p.ppo_epochs * p.num_minibatches
-        out = {k: v / steps for k, v in sums.items()} | maxima
+        learner_s = sums.pop("perf/learner_s")  # a total, not a mean
+        out = {k: v / steps for k, v in sums.items()} | maxima | {f"perf/{prefix}_learner_s": learner_s}
         return {(k if "/" in k else f"{prefix}/{k}"): v for k, v in out.items()}
 
     def sync_weights(self) -> None:

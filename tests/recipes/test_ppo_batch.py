@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tandem.actors.rollout import SampleBatch
 from tandem.cluster.sharding import shard
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right, rollout_metrics
 
@@ -30,18 +31,23 @@ def make_batch():
         sample(1, [5, 6], [-1.0, -2.0]),
         sample(1, [9, 9, 9], [-0.4, -0.4, -0.4]),
     ]
-    return RolloutBatch.from_samples(samples, ["p0", "p1"])
+    return RolloutBatch.from_draw(SampleBatch.from_samples(samples), [[7, 8], [7, 9]], ["p0", "p1"])
 
 
-def test_from_samples_layout():
+def test_from_draw_layout():
     b = make_batch()
-    assert b.prompts == ["p0", "p0", "p1", "p1"]
+    assert b.prompts == ["p0", "p0", "p1", "p1"] and b.prompt_ids == [[7, 8], [7, 8], [7, 9], [7, 9]]
+    assert b.response_ids.tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0], [9, 9, 9]]
+    assert [r.tolist() for r in b.responses_ids()] == [[1, 2, 3], [4], [5, 6], [9, 9, 9]]
+    assert b.responses == ["1 2 3", "4", "5 6", "9 9 9"] and b.weight_versions == [3, 3, 3, 3]
     assert b.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
     assert b.rollout_logprobs[2].tolist() == pytest.approx([-1.0, -2.0, 0.0])
     assert b.truncated.tolist() == [False, True, False, False]
     assert b.lengths().tolist() == [3, 1, 2, 3]
     # The second of two learner ranks gets the second half, as `Roles` splits rows (`shard`).
-    assert shard(b.response_ids, 2)[1] == [[5, 6], [9, 9, 9]] and b.mask[2:].tolist() == [
+    assert [r.tolist() for r in shard(b.responses_ids(), 2)[1]] == [[5, 6], [9, 9, 9]] and b.mask[
+        2:
+    ].tolist() == [
         [1, 1, 0],
         [1, 1, 1],
     ]
@@ -93,3 +99,21 @@ def test_metrics_length_correlation_and_mismatch():
     assert m["rollout/response_length/clip_frac"] == pytest.approx(0.25)
     assert m["true_reward/mean"] == pytest.approx(0.5)
     assert m["reward/rm"] == pytest.approx(2.25)
+
+
+def test_sample_batches_concat_and_a_generation_round_trips_through_json():
+    import json
+
+    from tandem.recipes.ppo_batch import Generation
+
+    a = SampleBatch.from_samples([sample(0, [1, 2, 3], [-0.1, -0.2, -0.3])])
+    b = SampleBatch.from_samples([sample(1, [4], [-0.5], finish="length", version=2)])
+    both = SampleBatch.concat([a, b])
+    assert both.response_ids.tolist() == [[1, 2, 3], [4, 0, 0]] and both.lengths.tolist() == [3, 1]
+    assert both.weight_versions.tolist() == [3, 2] and both.truncated.tolist() == [False, True]
+    gen = Generation(5, [[7, 8], [7, 9]], ["p0", "p1"], drawn=both)
+    back = Generation.from_state_dict(json.loads(json.dumps(gen.state_dict())))
+    x, y = gen.batch(), back.batch()
+    assert back.step == 5 and x.prompts == y.prompts and x.responses == y.responses
+    assert x.rollout_logprobs.equal(y.rollout_logprobs) and x.response_ids.equal(y.response_ids)
+    assert x.weight_versions == y.weight_versions and x.truncated.equal(y.truncated)
