@@ -157,6 +157,9 @@ class PPOConfig(_Section):
     """Importance ratios per token, or per response (the geometric mean of its tokens' ratios)."""
     save_every: int = Field(10, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """Steps in a row whose rewards, loss or gradients hold a NaN/inf: each is skipped (no update, no
+    weight sync, a warning and `nonfinite/skipped_steps`); this many in a row end the job."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
     colocate: list[Literal["critic", "reference", "reward"]] = []

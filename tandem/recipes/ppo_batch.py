@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tandem.actors.rollout import Sample
 
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
+from tandem.config import TimeoutsConfig
 
 
 def pad_right(
@@ -172,15 +173,16 @@ class Generation:
         refs: list[Any] | None = None,
         samples: list[Sample] | None = None,
         version_offset: int = 0,
+        timeout_s: float = TimeoutsConfig().generate_s,
     ) -> None:
         self.step, self.prompt_texts, self._refs, self._samples = step, prompt_texts, refs, samples
-        self.version_offset = version_offset
+        self.version_offset, self.timeout_s = version_offset, timeout_s
 
     def result(self) -> list[Sample]:
         from tandem.actors.rollout import RolloutGroup
 
         if self._samples is None:
-            self._samples = RolloutGroup.gather(self._refs or [])
+            self._samples = RolloutGroup.gather(self._refs or [], self.timeout_s)
             for s in self._samples:
                 s.weight_version += self.version_offset
         return self._samples
