@@ -25,7 +25,7 @@ from tandem.errors import UserError
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
 from tandem.recipes.ppo_batch import Generation, RolloutBatch
-from tandem.recipes.ppo_config import needs_critic
+from tandem.recipes.ppo_config import learner_deadlines, needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
 
 # Per-response-token arrays each learner trains on, by role, beside the batch's rows (pi_old only
@@ -184,8 +184,7 @@ class Roles:
         # A colocated critic goes where the policy's bundles are: it asks for no custom resources.
         resources = lc.resources if placement is None or role == "policy" else None
         t = self.cfg.run.timeouts
-        deadlines = {"setup": t.startup_s, "logprobs": t.score_s, "values": t.score_s}
-        deadlines |= {"train_rollout": t.train_s, "save": t.checkpoint_s, "load": t.checkpoint_s}
+        kwargs["max_nonfinite_steps"] = self.cfg.ppo.max_nonfinite_steps
         group = ActorGroup(
             role,
             cls,
@@ -197,7 +196,7 @@ class Roles:
             args=(lc, path, total_steps, self.cfg.run.seed),
             kwargs=kwargs,
             timeout_s=t.train_s,
-            deadlines=deadlines,
+            deadlines=learner_deadlines(t),
             ready_timeout_s=t.startup_s,
             **where,
         )
@@ -359,8 +358,7 @@ class Roles:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop every role and free its placement groups; each step runs even when an earlier one
-        fails (a dead actor, a removed group), so a failed job leaves nothing behind."""
+        """Stop every role and free its placement groups, each even if another fails (a dead actor)."""
         import contextlib
 
         import ray

@@ -30,9 +30,9 @@ def _pid(actor) -> int:
 
 
 class FaultyRoles(Roles):
-    """`Roles` with one planned fault per run name (`faults`); every instance made is in `made`."""
+    """`Roles` with planned faults per run name (`faults`); every instance made is in `made`."""
 
-    faults: ClassVar[dict[str, Fault]] = {}
+    faults: ClassVar[dict[str, list[Fault]]] = {}
     made: ClassVar[list[FaultyRoles]] = []
 
     def __init__(self, *args, **kwargs) -> None:
@@ -45,16 +45,16 @@ class FaultyRoles(Roles):
             **{f"policy:{r}": _pid(a) for r, a in enumerate(self.policy.actors)},
         }
         self._step = 0
-        fault = self.faults.get(self.cfg.run.name)
-        if fault is not None and fault.detected_at is not None and fault.restarted_at is None:
-            fault.restarted_at = time.monotonic()
+        for fault in self.faults.get(self.cfg.run.name, []):
+            if fault.detected_at is not None and fault.restarted_at is None:
+                fault.restarted_at = time.monotonic()
         FaultyRoles.made.append(self)
 
     def _strike(self, where: str) -> None:
-        fault = self.faults.get(self.cfg.run.name)
-        if fault and fault.killed_at is None and fault.step == self._step and fault.target.startswith(where):
-            os.kill(self.pids[fault.target], signal.SIGKILL)
-            fault.killed_at = time.monotonic()
+        for fault in self.faults.get(self.cfg.run.name, []):
+            if fault.killed_at is None and fault.step == self._step and fault.target.startswith(where):
+                os.kill(self.pids[fault.target], signal.SIGKILL)
+                fault.killed_at = time.monotonic()
 
     def finish_generation(self, gen):
         self._step = gen.step
@@ -72,7 +72,7 @@ class FaultyRoles(Roles):
         return super().update(role, batch)
 
     def shutdown(self) -> None:
-        fault = self.faults.get(self.cfg.run.name)
-        if fault and fault.killed_at is not None and fault.detected_at is None:
-            fault.detected_at = time.monotonic()
+        for fault in self.faults.get(self.cfg.run.name, []):
+            if fault.killed_at is not None and fault.detected_at is None:
+                fault.detected_at = time.monotonic()
         super().shutdown()
