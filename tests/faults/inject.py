@@ -20,7 +20,7 @@ class Fault:
 
     target: str
     step: int
-    killed_at: float | None = None  # time.monotonic() of the kill
+    killed_at: float | None = None  # time.time() of the kill
     detected_at: float | None = None  # the first role shutdown after it (the driver saw the failure)
     restarted_at: float | None = None  # every role up again (new Roles built)
 
@@ -47,14 +47,14 @@ class FaultyRoles(Roles):
         self._step = 0
         for fault in self.faults.get(self.cfg.run.name, []):
             if fault.detected_at is not None and fault.restarted_at is None:
-                fault.restarted_at = time.monotonic()
+                fault.restarted_at = time.time()
         FaultyRoles.made.append(self)
 
     def _strike(self, where: str) -> None:
         for fault in self.faults.get(self.cfg.run.name, []):
             if fault.killed_at is None and fault.step == self._step and fault.target.startswith(where):
                 os.kill(self.pids[fault.target], signal.SIGKILL)
-                fault.killed_at = time.monotonic()
+                fault.killed_at = time.time()
 
     def finish_generation(self, gen):
         self._step = gen.step
@@ -74,5 +74,5 @@ class FaultyRoles(Roles):
     def shutdown(self) -> None:
         for fault in self.faults.get(self.cfg.run.name, []):
             if fault.killed_at is not None and fault.detected_at is None:
-                fault.detected_at = time.monotonic()
+                fault.detected_at = time.time()
         super().shutdown()
