@@ -211,7 +211,7 @@ class DeepSpeedLearner:
         lr = float(self.engine.get_lr()[0])
         total_units = self._all_reduce([float(self.count_units(examples))])[0]
         sums: dict[str, float] = defaultdict(float)
-        norm = None
+        norm, skipped_before = None, self.engine.skipped_steps
         for start in range(0, len(examples), self.cfg.micro_batch_size):
             batch = self.collate(examples[start : start + self.cfg.micro_batch_size])
             loss, units, metrics = self.compute_loss(batch)
@@ -228,7 +228,9 @@ class DeepSpeedLearner:
         if norm is None:
             norm = self.engine.get_global_grad_norm()
         out.update(lr=lr, grad_norm=float(norm) if norm is not None else float("nan"))
-        out["nonfinite_skipped"] = self._guard.after_step(self.rank)
+        out["nonfinite_skipped"] = self._guard.after_step(
+            self.rank, self.engine.skipped_steps > skipped_before
+        )
         return out
 
     def _full_grad_norm(self) -> float | None:

@@ -48,11 +48,13 @@ class FiniteGuard:
 
         optimizer.step = guarded  # an instance attribute: DeepSpeed and the scheduler call it so
 
-    def after_step(self, rank: int) -> float:
-        """Count the step just taken; returns 1.0 if it was skipped (a metric). NonFiniteError at
-        `limit` skipped steps in a row."""
-        self.bad_loss = False
-        if not self.skipped:
+    def after_step(self, rank: int, skipped_by_engine: bool) -> float:
+        """Count the step just taken (`skipped_by_engine`: DeepSpeed's ZeRO-1/2 optimizer skips a
+        step with an inf/NaN gradient itself, before the wrapped one is called); returns 1.0 if it
+        was skipped (a metric). NonFiniteError at `limit` skipped steps in a row."""
+        skipped = self.skipped or skipped_by_engine
+        self.bad_loss = self.skipped = False
+        if not skipped:
             self.in_a_row = 0
             return 0.0
         self.in_a_row += 1
