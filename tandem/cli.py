@@ -3,7 +3,8 @@
 Commands import their recipe lazily, so `tandem config show` answers without loading Ray, vLLM or
 DeepSpeed (torch only when the config names an algorithm, checked against `tandem.algos`' registries).
 A `UserError` anywhere, in the driver or inside a Ray actor, becomes one paragraph on stderr and
-exit code 2, with no traceback (`--debug` prints it, the remote one included). Overrides may come
+exit code 2, with no traceback (`--debug` prints it, the remote one included); a `JobError` (a job
+that could not recover from failing roles) likewise, with exit code 1. Overrides may come
 before or after the options: `tandem submit job.yaml --address URL ppo.steps=5` works.
 """
 
@@ -15,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from tandem.errors import UserError, find_user_error
+from tandem.errors import JobError, UserError, find_user_error
 
 # command -> ("module:function", help). Each function takes (cfg: Config, args: Namespace).
 JOB_COMMANDS: dict[str, tuple[str, str]] = {
@@ -151,13 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except Exception as e:
-        user_error = find_user_error(e)
-        if user_error is None:
+        error = find_user_error(e) or (e if isinstance(e, JobError) else None)
+        if error is None:
             raise
         if args.debug:
             traceback.print_exception(e)
-        print(f"tandem: error: {user_error}", file=sys.stderr)
-        return 2
+        print(f"tandem: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, UserError) else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ class UserError(Exception):
     """Bad input from the user (config, data file, reward spec): no traceback, exit code 2."""
 
 
+class JobError(Exception):
+    """A job that cannot go on for a reason outside the user's input (a role that kept failing), with a
+    message that says what failed and what to do next: no traceback, exit code 1."""
+
+
 def find_user_error(err: BaseException | None) -> UserError | None:
     """The UserError behind `err`, wherever a tandem process raised it: `err` itself, an exception it
     was raised from (an ActorGroupError), the user exception of a Ray task error (whose own text is

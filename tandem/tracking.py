@@ -78,6 +78,7 @@ class Tracker:
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
         self._resume_step = resume_step
+        self.last_step = resume_step or 0  # the last step logged (or resumed from)
         self._tables: set[str] = set()  # tables written by this Tracker (their files are current)
         self.mode = wandb_mode(cfg)
         self._wandb = (
@@ -114,6 +115,7 @@ class Tracker:
         row = {"step": step, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        self.last_step = step
         if self._wandb is not None:
             self._wandb.log(dict(metrics), step=step)
 
@@ -134,6 +136,18 @@ class Tracker:
             import wandb
 
             self._wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows and table lines logged after `step` (a job restarting from its checkpoint at
+        `step` logs them again), so each step stays logged once. W&B keeps what it was sent: it
+        ignores the repeated steps with a warning."""
+        self._file.close()
+        _truncate_after(self.path, step)
+        for name in self._tables:
+            _truncate_after(self.run_dir / f"{name}.jsonl", step)
+        self._file = self.path.open("a", encoding="utf-8")
+        # Tables not written yet by this Tracker: their first write drops what followed `step`.
+        self._resume_step, self.last_step = step, step
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values of the run (the W&B run summary; the caller writes summary.json)."""

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from tandem.cluster.calls import Callee, get, get_one
 from tandem.config import Config, ModelConfig, RolloutConfig
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "tandem.actors.vllm_ext.WeightSyncExtension"
-READY_TIMEOUT_S = 300.0  # placing and starting an engine (loading a large model on GPUs takes minutes)
 
 
 @dataclass
@@ -332,7 +332,6 @@ class RolloutGroup:
             raise
 
     def _tensor_parallel_options(self, r: RolloutConfig) -> dict[str, Any]:
-        import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -340,24 +339,25 @@ class RolloutGroup:
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(r.tensor_parallel_size)]
         bundles[0].update(r.resources)  # the engine's custom resources pin its first worker's node
         pg = placement_group(bundles, strategy="STRICT_PACK")
-        ray.get(pg.ready())
+        get_one(pg.ready(), "placement", self.cfg.run.timeouts.startup_s, Callee("rollout engine"))
         self._pgs.append(pg)
         strategy = PlacementGroupSchedulingStrategy(
             placement_group=pg, placement_group_capture_child_tasks=True
         )
         return {"num_gpus": 0, "num_cpus": 0, "resources": {}, "scheduling_strategy": strategy}
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> list[dict[str, Any]]:
+    def wait_ready(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         """Block until every engine is up; returns their `info()` (startup times included). An engine
-        not placed within `timeout_s` is an error naming what it asks for and what the cluster has."""
-        import ray
-
+        not placed within `timeout_s` (default: run.timeouts.startup_s) is an error naming what it
+        asks for and what the cluster has."""
         from tandem.cluster.groups import wait_ready
 
-        r = self.cfg.rollout
+        r, timeout_s = self.cfg.rollout, timeout_s or self.cfg.run.timeouts.startup_s
         engines = {f"rollout engine {i}": e for i, e in enumerate(self.engines)}
-        wait_ready(engines, {"CPU": r.cpus_per_engine, "GPU": r.gpus_per_engine}, timeout_s)
-        return ray.get([e.info.remote() for e in self.engines])
+        nodes = wait_ready(engines, {"CPU": r.cpus_per_engine, "GPU": r.gpus_per_engine}, timeout_s)
+        self.node_ids = [nodes[name] for name in engines]
+        callees = [Callee(name, None, node) for name, node in zip(engines, self.node_ids)]
+        return get([e.info.remote() for e in self.engines], "info", timeout_s, callees)
 
     def submit(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:
         """Contiguous slices of the items to the engines at once; returns the calls' refs (`gather`
@@ -374,22 +374,25 @@ class RolloutGroup:
         return refs
 
     @staticmethod
-    def gather(refs: Sequence[Any]) -> list[Any]:
-        """The results of `submit`'s calls, concatenated in request order."""
-        import ray
-
-        return [item for chunk in ray.get(list(refs)) for item in chunk]
+    def gather(refs: Sequence[Any], timeout_s: float, flat: bool = True) -> list[Any]:
+        """The results of `submit`'s calls (call i on engine i) in request order: concatenated, or
+        (`flat` False) one per call."""
+        callees = [Callee(f"rollout engine {i}") for i in range(len(refs))]
+        results = get(list(refs), "generate", timeout_s, callees)
+        return [item for chunk in results for item in chunk] if flat else results
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False, **kwargs: Any
     ) -> list[Sample]:
         """`n` samples per prompt over all engines, prompt-major in the order of `prompt_token_ids`."""
-        return self.gather(self.submit("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs))
+        refs = self.submit("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs)
+        return self.gather(refs, self.cfg.run.timeouts.generate_s)
 
     def generate_text(
         self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any
     ) -> list[Sample]:
-        return self.gather(self.submit("generate_text", list(prompts), n=n, greedy=greedy, **kwargs))
+        refs = self.submit("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
+        return self.gather(refs, self.cfg.run.timeouts.generate_s)
 
     def shutdown(self) -> None:
         import ray

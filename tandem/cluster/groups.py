@@ -21,21 +21,15 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Self
 
+from tandem.cluster.calls import POLL_S, Callee, RoleError, get, get_one, node_of
 from tandem.cluster.runtime import worker_env
 
-#: Longest single wait inside `collect` (signals such as Ctrl-C are handled between waits).
-_POLL_S = 1.0
 #: Placement-group strategies Ray accepts.
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
-class ActorGroupError(RuntimeError):
-    """A rank of a group died, raised, or did not answer in time; names the role and rank(s)."""
-
-    def __init__(self, message: str, role: str, ranks: Sequence[int]) -> None:
-        super().__init__(message)
-        self.role = role
-        self.ranks = list(ranks)
+#: A rank of a group died, raised, or did not answer in time; names the role, rank(s) and node.
+ActorGroupError = RoleError
 
 
 def make_placement_group(
@@ -99,26 +93,24 @@ def cluster_resources() -> str:
     return f"the cluster has {fmt(ray.cluster_resources())} in all; {fmt(ray.available_resources())} free"
 
 
-def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: float) -> None:
-    """Wait until every actor of `actors` (by name, each asking for `asks`) is placed and built.
+def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: float) -> dict[str, str]:
+    """Wait until every actor of `actors` (by name, each asking for `asks`) is placed and built;
+    returns the Ray node id of each (by name), for errors that name where a call failed.
 
     ActorGroupError after `timeout_s` naming those still waiting, what each asks for and what the
     cluster has (single actors outside a placement group otherwise wait for room forever); at once
     naming the actor if a constructor raises."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
 
-    pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
+    pending = {actor.__ray_call__.remote(node_of): name for name, actor in actors.items()}
+    nodes: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while pending:
         # Short waits in a loop: a blocking ray.wait would not let Ctrl-C through.
-        ready, _ = ray.wait(list(pending), timeout=min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        ready, _ = ray.wait(list(pending), timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
         for ref in ready:
             name = pending.pop(ref)
-            try:
-                ray.get(ref)
-            except (RayActorError, RayTaskError) as e:
-                raise ActorGroupError(f"{name} died during startup: {_first_line(e)}", name, [0]) from e
+            nodes[name] = get_one(ref, "startup", None, Callee(name))  # ready: raises or returns now
         if pending and time.monotonic() >= deadline:
             names = sorted(pending.values())
             asked = ", ".join(f"{k} {v:g}" for k, v in asks.items())
@@ -127,7 +119,9 @@ def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: 
                 f"{cluster_resources()}",
                 names[0],
                 [],
+                "startup",
             )
+    return nodes
 
 
 def _bundle_nodes(pg, indices: Sequence[int]) -> list[str]:
@@ -182,6 +176,7 @@ class ActorGroup:
         args, kwargs: constructor arguments, the same for every rank.
         env: extra environment variables of every rank.
         timeout_s: default time limit of `call` (None: wait as long as every rank is alive).
+        deadlines: time limits of particular methods (by name), over `timeout_s`.
         ready_timeout_s: limit for placing the group and running the constructors.
         placement_group, bundle_indices: place the ranks in an existing placement group (colocated
             roles share one); the group then does not remove it on shutdown.
@@ -201,6 +196,7 @@ class ActorGroup:
         kwargs: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        deadlines: Mapping[str, float] | None = None,
         ready_timeout_s: float = 300.0,
         placement_group: Any = None,
         bundle_indices: Sequence[int] | None = None,
@@ -212,6 +208,7 @@ class ActorGroup:
         self.role = role
         self.world_size = num_actors
         self.timeout_s = timeout_s
+        self.deadlines = dict(deadlines or {})
         self._owns_pg = placement_group is None
         self._pg = (
             placement_group
@@ -312,41 +309,14 @@ class ActorGroup:
         """Results of one ObjectRef per rank, in rank order.
 
         Fails fast: the first rank to die or raise ends the wait with an ActorGroupError naming the
-        role and rank (its peers may be stuck in a collective with it and never return). Ranks still
-        running after `timeout_s` are named in the error too.
+        role, rank and node (its peers may be stuck in a collective with it and never return). Ranks
+        still running after the deadline (`timeout_s`, else the group's deadline for `what`, else its
+        `timeout_s`) are named in the error too.
         """
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        results: list[Any] = [None] * len(refs)
-        pending = {ref: rank for rank, ref in enumerate(refs)}
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while pending:
-            left = _POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.monotonic()))
-            # Short waits in a loop: a blocking ray.wait would not let Ctrl-C through.
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
-            if not ready and (deadline is None or time.monotonic() < deadline):
-                continue
-            if not ready:
-                ranks = sorted(pending.values())
-                raise ActorGroupError(
-                    f"{self.role}: rank(s) {ranks} did not finish {what!r} within {timeout_s:.0f}s",
-                    self.role,
-                    ranks,
-                )
-            for ref in ready:
-                rank = pending.pop(ref)
-                try:
-                    results[rank] = ray.get(ref)
-                except RayActorError as e:
-                    raise ActorGroupError(
-                        f"{self.role} rank {rank} died during {what!r}: {_first_line(e)}", self.role, [rank]
-                    ) from e
-                except RayTaskError as e:
-                    raise ActorGroupError(
-                        f"{self.role} rank {rank} failed in {what!r}: {_cause(e)}", self.role, [rank]
-                    ) from e
-        return results
+        if timeout_s is None:
+            timeout_s = self.deadlines.get(what, self.timeout_s)
+        nodes = getattr(self, "node_ids", None) or [None] * len(refs)
+        return get(refs, what, timeout_s, [Callee(self.role, r, nodes[r]) for r in range(len(refs))])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -373,16 +343,3 @@ class ActorGroup:
 
     def __repr__(self) -> str:
         return f"ActorGroup(role={self.role!r}, world_size={self.world_size})"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _cause(err: BaseException) -> str:
-    """The user-level exception inside a RayTaskError (type and message), not Ray's wrapping."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    return _first_line(err)

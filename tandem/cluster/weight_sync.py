@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tandem.cluster.calls import Callee, get
+
 # dtype names in the header: str(torch.float32) is "torch.float32".
 _DTYPES = {str(t): t for t in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
 
@@ -151,25 +153,6 @@ def _node_ip() -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostbyname("localhost")
 
 
-def _get_fail_fast(refs: list[Any], what: str) -> list[Any]:
-    """ray.get that raises at the first failure: the other side of a broken broadcast would otherwise
-    sit in a collective until its timeout."""
-    import ray
-
-    pending, order = list(refs), {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
-            results[order[done[0]]] = ray.get(done[0])
-        except Exception as err:
-            raise RuntimeError(
-                f"weight sync failed during {what}; the broadcast group is now unusable "
-                f"(its members time out and must be recreated): {err}"
-            ) from err
-    return results
-
-
 class WeightSync:
     """The driver's handle on one learner -> engines broadcast group.
 
@@ -183,19 +166,31 @@ class WeightSync:
     """
 
     def __init__(
-        self, learners: Sequence[Any], engines: Sequence[Any], bucket_mb: int, timeout_s: float = 300.0
+        self,
+        learners: Sequence[Any],
+        engines: Sequence[Any],
+        bucket_mb: int,
+        timeout_s: float = 300.0,
+        engine_nodes: Sequence[str | None] | None = None,
     ) -> None:
         if not learners or not engines:
             raise ValueError("weight sync needs at least one learner and one engine")
         # An ActorGroup (tandem.cluster.groups) or a plain list of rank actors.
         self.learners, self.engines = list(getattr(learners, "actors", learners)), list(engines)
+        role, nodes = getattr(learners, "role", "learner"), getattr(learners, "node_ids", None)
+        # Who each call goes to, in the order `_get` waits on them, for errors that name the failed one.
+        self._learner_callees = [
+            Callee(role, r, nodes[r] if nodes else None) for r in range(len(self.learners))
+        ]
+        self._engine_callees = [
+            Callee(f"rollout engine {i}", None, engine_nodes[i] if engine_nodes else None)
+            for i in range(len(self.engines))
+        ]
         self.bucket_mb, self.timeout_s = bucket_mb, timeout_s
         self._store: dist.TCPStore | None = None
 
     def setup(self) -> None:
         """Create the group: host the store here, then every member joins at once (a rendezvous)."""
-        import ray
-
         addr = _node_ip()
         # Port 0: the OS picks a free port; held by this object for the group's lifetime (NCCL reads
         # the store lazily at the first collective).
@@ -208,14 +203,19 @@ class WeightSync:
             wait_for_workers=False,
         )
         port = self._store.port
-        workers = ray.get([e.num_workers.remote() for e in self.engines])
+        workers = get(
+            [e.num_workers.remote() for e in self.engines],
+            "weight sync setup",
+            self.timeout_s,
+            self._engine_callees,
+        )
         world_size = 1 + sum(workers)
         refs = [learner.init_weight_sync.remote(addr, port, world_size) for learner in self.learners]
         offset = 1
         for engine, n in zip(self.engines, workers):
             refs.append(engine.init_weight_sync.remote(addr, port, offset, world_size, self.timeout_s))
             offset += n
-        _get_fail_fast(refs, "setup")
+        get(refs, "weight sync setup", self.timeout_s, self._learner_callees + self._engine_callees)
 
     def sync(self) -> list[int]:
         """Stream the learner's current weights into every engine; returns the engines' new versions."""
@@ -223,5 +223,9 @@ class WeightSync:
             self.setup()
         receives = [engine.receive_weights.remote() for engine in self.engines]
         sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
-        results = _get_fail_fast(sends + receives, "sync")
+        # Fails at the first member to fail: the others would sit in the broadcast until its timeout.
+        # The group is then unusable (its members time out): the job's roles are restarted.
+        results = get(
+            sends + receives, "weight sync", self.timeout_s, self._learner_callees + self._engine_callees
+        )
         return results[len(sends) :]

@@ -22,6 +22,7 @@ from tandem.config.schema import (
     PipelineConfig,
     RayConfig,
     RunConfig,
+    TimeoutsConfig,
     TrainConfig,
     WandbConfig,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ServeConfig",
+    "TimeoutsConfig",
     "TrainConfig",
     "WandbConfig",
     "dump_config",

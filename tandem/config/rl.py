@@ -157,6 +157,12 @@ class PPOConfig(_Section):
     """Importance ratios per token, or per response (the geometric mean of its tokens' ratios)."""
     save_every: int = Field(10, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """Optimizer steps in a row whose loss or gradients hold a NaN/inf (from the advantages, the
+    rewards' scale, the learning rate): each is skipped on every rank (the weights stay finite, so
+    the engines never load a non-finite one; a warning and `actor/nonfinite_skipped`, the share of
+    the step's optimizer steps skipped); this many in a row end the job. A reward function that
+    returns NaN/inf is an error at once (a RewardError naming it)."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
     colocate: list[Literal["critic", "reference", "reward"]] = []

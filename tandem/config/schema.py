@@ -20,6 +20,25 @@ from tandem.config.rl import (
 )
 
 
+class TimeoutsConfig(_Section):
+    """Deadlines of remote calls, by kind: a call still running after its deadline fails with an error
+    naming the role, rank, node and call (and `tandem ppo` restarts its roles, see run.max_restarts).
+    Generous by default: they catch what hangs, not what is slow."""
+
+    startup_s: float = Field(300, gt=0)
+    """Placing and starting a role (loading a large model on GPUs takes minutes)."""
+    generate_s: float = Field(900, gt=0)
+    """One rollout batch on the engines."""
+    score_s: float = Field(600, gt=0)
+    """Rewards, reference logprobs, pi_old logprobs and values of one batch."""
+    train_s: float = Field(900, gt=0)
+    """One optimizer step (minibatch) of a learner group."""
+    sync_s: float = Field(300, gt=0)
+    """One weight sync from the policy to every engine."""
+    checkpoint_s: float = Field(900, gt=0)
+    """Saving or loading one checkpoint."""
+
+
 class RunConfig(_Section):
     name: str = "run"
     """Run name: the run folder is `<output_dir>/<name>` and the W&B run name."""
@@ -32,6 +51,11 @@ class RunConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     """Newest resumable checkpoints kept in the run folder, by every job (older ones are deleted; 2: a
     damaged newest one leaves the one before to resume from)."""
+    max_restarts: int = Field(3, ge=0)
+    """`tandem ppo`: times a job whose role died, failed or missed a deadline restarts every role from
+    its newest checkpoint (a user error, or the same failure at the same step twice, is not retried)."""
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    """Deadlines of remote calls, by kind."""
 
 
 class ModelConfig(_Section):

@@ -30,8 +30,8 @@ this targets (<= ~1.5B) fit whole in host memory once per rank. For larger model
 from __future__ import annotations
 
 import functools
+import math
 import os
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -42,6 +42,8 @@ from typing import Any
 import torch
 
 from tandem.config import LearnerConfig
+from tandem.learners.finite import FiniteGuard
+from tandem.learners.rng import rng_state, seed_everything, set_rng_state
 from tandem.learners.schedule import lr_multiplier
 from tandem.learners.threads import on_all_cores
 
@@ -102,6 +104,7 @@ class DeepSpeedLearner:
         self.model: Any = None
         self.device = torch.device("cpu")
         self.core_sharers = 1  # roles computing beside this one's training on its node, itself included
+        self.max_nonfinite_steps = 3  # skipped optimizer steps in a row before NonFiniteError
 
     # -- hooks for subclasses -----------------------------------------------------------------
 
@@ -132,7 +135,7 @@ class DeepSpeedLearner:
         on_gpu = torch.cuda.is_available()
         _quiet_libraries()
         self._init_distributed(on_gpu)
-        _seed_everything(self.seed)
+        seed_everything(self.seed)
         _import_model_classes()
         model = self.build_model()
         if self.cfg.gradient_checkpointing:
@@ -155,6 +158,7 @@ class DeepSpeedLearner:
             dist_init_required=False,
         )
         self.model = self.engine.module
+        self._guard = FiniteGuard(optimizer, self._all_reduce, self.max_nonfinite_steps)
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         return {"rank": self.rank, "params": n_params, "device": str(self.device)}
 
@@ -207,7 +211,7 @@ class DeepSpeedLearner:
         lr = float(self.engine.get_lr()[0])
         total_units = self._all_reduce([float(self.count_units(examples))])[0]
         sums: dict[str, float] = defaultdict(float)
-        norm = None
+        norm, skipped_before = None, self.engine.skipped_steps
         for start in range(0, len(examples), self.cfg.micro_batch_size):
             batch = self.collate(examples[start : start + self.cfg.micro_batch_size])
             loss, units, metrics = self.compute_loss(batch)
@@ -215,6 +219,7 @@ class DeepSpeedLearner:
             # DeepSpeed averages gradients over ranks; the world_size factor makes that a sum, so
             # the step's gradient is that of the global-batch mean.
             self.engine.backward(loss * (weight * self.world_size), scale_wrt_gas=False)
+            self._guard.bad_loss |= not math.isfinite(loss.item())  # skips the boundary's step
             if self.engine.is_gradient_accumulation_boundary():
                 norm = self._full_grad_norm()
             self.engine.step()
@@ -223,6 +228,9 @@ class DeepSpeedLearner:
         if norm is None:
             norm = self.engine.get_global_grad_norm()
         out.update(lr=lr, grad_norm=float(norm) if norm is not None else float("nan"))
+        out["nonfinite_skipped"] = self._guard.after_step(
+            self.rank, self.engine.skipped_steps > skipped_before
+        )
         return out
 
     def _full_grad_norm(self) -> float | None:
@@ -315,7 +323,7 @@ class DeepSpeedLearner:
         self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag=DS_TAG)
         rng_dir = Path(path) / "rng"
         rng_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(_rng_state(), rng_dir / f"rank{self.rank}.pt")
+        torch.save(rng_state(), rng_dir / f"rank{self.rank}.pt")
         self._barrier()
 
     def load(self, path: str) -> None:
@@ -330,7 +338,7 @@ class DeepSpeedLearner:
             raise FileNotFoundError(f"rank {self.rank}: no DeepSpeed checkpoint under {path}/deepspeed")
         rng_file = Path(path) / "rng" / f"rank{self.rank}.pt"
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(torch.load(rng_file, weights_only=False))
 
     def _barrier(self) -> None:
         import torch.distributed as dist
@@ -374,22 +382,3 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*reduce_scatter_tensor.* is deprecated", category=FutureWarning
     )
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

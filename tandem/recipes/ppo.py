@@ -3,7 +3,8 @@ a KL penalty to the frozen reference, as a single-controller loop over Ray actor
 
 One step: generate (vLLM engines) -> score (reward actor, reference actor, policy's pi_old, critic
 values, all at once) -> shape rewards and advantages -> critic update -> policy update -> weight sync
--> log -> checkpoint. Roles are built by `tandem.recipes.ppo_roles`.
+-> log -> checkpoint. Roles are built by `tandem.recipes.ppo_roles`. A role that dies, fails or misses
+a deadline restarts every role from the newest checkpoint (`tandem.recipes.restarts`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tandem.data.records import BatchOrder, load_prompts
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
+from tandem.recipes.restarts import Restarts
 from tandem.recipes.run_dir import Run, finish_run, layout, start_run
 
 
@@ -192,10 +194,20 @@ def run(
     )
     prompts = load_prompts(cfg)
     run = start_run(cfg, "ppo", resume_dir)
-    with Roles(cfg, rm_path) as roles:
-        step = train(cfg, roles, run, prompts, stop_after)
-        final = roles.export_final(run) if step == cfg.ppo.steps else None
+    # The run folder's config.yaml is the resolved job: resuming from it needs no other file.
+    restarts = Restarts(cfg.run.max_restarts, f"tandem ppo {run.dir / 'config.yaml'}")
+    while True:
+        roles = None
+        try:
+            with Roles(cfg, rm_path) as roles:  # every role stopped on the way out, failed or not
+                step = train(cfg, roles, run, prompts, stop_after)
+                final = roles.export_final(run) if step == cfg.ppo.steps else None
+            break
+        except Exception as err:
+            if not restarts.handle(err, run, started=roles is not None):
+                raise
     summary = {"steps": step, **({"final_model": str(final)} if final else {"stopped_at": step})}
+    summary["restarts"] = restarts.done
     if final:  # the held-out table: the trained policy against the one it started from
         from tandem.models import resolve_model
         from tandem.recipes.evaluate import evaluate_before_after

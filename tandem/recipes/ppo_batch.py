@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
+from tandem.config import TimeoutsConfig
 
 if TYPE_CHECKING:
     from tandem.actors.rollout import SampleBatch
@@ -184,17 +185,20 @@ class Generation:
         refs: list[Any] | None = None,
         drawn: SampleBatch | None = None,
         version_offset: int = 0,
+        timeout_s: float = TimeoutsConfig().generate_s,
     ) -> None:
         self.step, self.prompt_ids, self.prompt_texts = step, prompt_ids, prompt_texts
-        self._refs, self._drawn, self.version_offset = refs, drawn, version_offset
+        self._refs, self._drawn = refs, drawn
+        self.version_offset, self.timeout_s = version_offset, timeout_s
 
     def result(self) -> SampleBatch:
-        import ray
 
-        from tandem.actors.rollout import SampleBatch
+        from tandem.actors.rollout import RolloutGroup, SampleBatch
 
         if self._drawn is None:
-            self._drawn = SampleBatch.concat(ray.get(list(self._refs or [])))
+            self._drawn = SampleBatch.concat(
+                RolloutGroup.gather(self._refs or [], self.timeout_s, flat=False)
+            )
             self._drawn.weight_versions += self.version_offset
         return self._drawn
 

@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 from tandem.algos import get_adv_est
-from tandem.config import Config, LearnerConfig
+from tandem.config import Config, LearnerConfig, TimeoutsConfig
 from tandem.errors import UserError
 
 
@@ -60,3 +60,15 @@ def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> Le
 def needs_critic(cfg: Config) -> bool:
     """Whether the job trains a critic: its advantage estimator reads values."""
     return get_adv_est(cfg.ppo.advantage).needs_critic
+
+
+def learner_deadlines(t: TimeoutsConfig) -> dict[str, float]:
+    """Each learner method the driver calls, with the deadline of its kind of call."""
+    return {
+        "setup": t.startup_s,
+        "logprobs": t.score_s,
+        "values": t.score_s,
+        "train_rollout": t.train_s,
+        "save": t.checkpoint_s,
+        "load": t.checkpoint_s,
+    }

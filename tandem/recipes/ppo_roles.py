@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tandem.algos import ADV_ESTIMATORS, get_adv_est
+from tandem.cluster.calls import Callee, get_one
 from tandem.cluster.groups import ActorGroup
 from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
@@ -24,7 +25,7 @@ from tandem.errors import UserError
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
 from tandem.recipes.ppo_batch import Generation, RolloutBatch
-from tandem.recipes.ppo_config import needs_critic
+from tandem.recipes.ppo_config import learner_deadlines, needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
 
 # Per-response-token arrays each learner trains on, by role, beside the batch's rows (pi_old only
@@ -59,7 +60,7 @@ class Roles:
 
         from tandem.actors.reference import make_reference_actor
         from tandem.actors.reward import make_reward_actor
-        from tandem.actors.rollout import READY_TIMEOUT_S, RolloutGroup
+        from tandem.actors.rollout import RolloutGroup
         from tandem.cluster.groups import wait_ready
         from tandem.cluster.weight_sync import WeightSync
         from tandem.learners.ppo import CriticLearner, PolicyLearner
@@ -115,12 +116,20 @@ class Roles:
         self._actors = [self.reward, self.reference]
         setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
         self.policy.collect(setups, "setup")
+        self.nodes: dict[str, str] = {}  # single actors' Ray node ids, for errors naming where
         for name, actor, section in (
             ("reward actor", self.reward, cfg.reward),
             ("reference actor", self.reference, cfg.reference),
         ):
-            wait_ready({name: actor}, {"CPU": section.cpus, "GPU": section.gpus}, READY_TIMEOUT_S)
-        self.weight_sync = WeightSync(self.policy, self.rollout.engines, cfg.rollout.sync_bucket_mb)
+            asks = {"CPU": section.cpus, "GPU": section.gpus}
+            self.nodes |= wait_ready({name: actor}, asks, cfg.run.timeouts.startup_s)
+        self.weight_sync = WeightSync(
+            self.policy,
+            self.rollout.engines,
+            cfg.rollout.sync_bucket_mb,
+            cfg.run.timeouts.sync_s,
+            self.rollout.node_ids,
+        )
         self.weight_sync.setup()
         self.version = 0  # weight syncs done: the version the engines sample with
         # The policy version (optimizer steps taken) is version + version_offset: a resumed job's
@@ -174,6 +183,8 @@ class Roles:
         )
         # A colocated critic goes where the policy's bundles are: it asks for no custom resources.
         resources = lc.resources if placement is None or role == "policy" else None
+        t = self.cfg.run.timeouts
+        kwargs["max_nonfinite_steps"] = self.cfg.ppo.max_nonfinite_steps
         group = ActorGroup(
             role,
             cls,
@@ -184,6 +195,9 @@ class Roles:
             resources=resources,
             args=(lc, path, total_steps, self.cfg.run.seed),
             kwargs=kwargs,
+            timeout_s=t.train_s,
+            deadlines=learner_deadlines(t),
+            ready_timeout_s=t.startup_s,
             **where,
         )
         self._groups.append(group)
@@ -201,7 +215,12 @@ class Roles:
         seed = random.Random(self.cfg.run.seed * 1_000_003 + step).randrange(1 << 31)
         refs = self.rollout.submit("draw", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
         return Generation(
-            step, ids, [prompt_text(q) for q in prompts], refs=refs, version_offset=self.version_offset
+            step,
+            ids,
+            [prompt_text(q) for q in prompts],
+            refs=refs,
+            version_offset=self.version_offset,
+            timeout_s=self.cfg.run.timeouts.generate_s,
         )
 
     def finish_generation(self, gen: Generation) -> RolloutBatch:
@@ -250,10 +269,16 @@ class Roles:
             critic_refs = self.critic.async_call_per_rank(
                 "values", self._shards(self.critic, len(batch), batch)
             )
-        result = ray.get(reward_ref)
+        deadline = self.cfg.run.timeouts.score_s
+        result = get_one(
+            reward_ref, "score", deadline, Callee("reward actor", None, self.nodes["reward actor"])
+        )
         batch.scores = torch.tensor(result.total, dtype=torch.float32)
         batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
-        batch.ref_logprobs = _width(ray.get(ref_ref), width)
+        ref = get_one(
+            ref_ref, "logprobs", deadline, Callee("reference actor", None, self.nodes["reference actor"])
+        )
+        batch.ref_logprobs = _width(ref, width)
         if policy_refs is not None:
             batch.old_logprobs = _width(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
         if critic_refs is not None:
@@ -336,17 +361,23 @@ class Roles:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        """Stop every role and free its placement groups, each even if another fails (a dead actor)."""
+        import contextlib
+
         import ray
 
         for group in self._groups:
-            group.shutdown()
+            with contextlib.suppress(Exception):
+                group.shutdown()
         for actor in getattr(self, "_actors", []):
-            ray.kill(actor)
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
         self._groups, self._actors = [], []
         if self._placement is not None:  # after its actors: a group in use cannot go
             from ray.util.placement_group import remove_placement_group
 
-            remove_placement_group(self._placement)
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._placement)
             self._placement = None
 
     def __enter__(self) -> Self:

@@ -83,6 +83,15 @@ def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
     return Run(cfg, job, run_dir, tracker, checkpoints, latest, start_step, time.time())
 
 
+def rewind(run: Run) -> None:
+    """Point `run` back at its newest complete checkpoint (the start when there is none) and drop the
+    metric rows logged after it: what a job restarting its roles continues from."""
+    latest = run.checkpoints.latest() if run.checkpoints.folders() else None
+    run.resume_from = latest
+    run.start_step = Checkpoints.read_state(latest)["step"] if latest else 0
+    run.tracker.rewind(run.start_step)
+
+
 def layout(cfg: LearnerConfig) -> dict[str, int]:
     """The learner layout a checkpoint records in its state.json, so that `start_run` can check it."""
     return {"world_size": cfg.world_size, "zero_stage": cfg.zero_stage}

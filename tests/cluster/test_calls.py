@@ -1,0 +1,88 @@
+"""The one way to wait on remote calls: deadlines, errors naming role, rank, node and call, and no
+other blocking wait in tandem."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray import cloudpickle
+
+from tandem.cluster.calls import Callee, RoleError, get, get_one, node_of
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+PACKAGE = Path(__file__).resolve().parents[2] / "tandem"
+
+
+def test_no_blocking_ray_wait_outside_the_layer():
+    """`ray.get` only in tandem/cluster/calls.py (after `ray.wait` said the result is there), `ray.wait`
+    only in tandem/cluster/: every other wait goes through `calls.get`, which has a deadline."""
+    found = {
+        (str(p.relative_to(PACKAGE.parent)), n, call)
+        for p in PACKAGE.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        for call in re.findall(r"\bray\.(get|wait)\(", line)
+    }
+    allowed = {
+        f for f in found if f[0] == "tandem/cluster/calls.py" or (f[2] == "wait" and "/cluster/" in f[0])
+    }
+    assert found - allowed == set()
+    assert any(f[0] == "tandem/cluster/calls.py" and f[2] == "get" for f in found)  # the check reads calls
+
+
+class Slow:
+    def nap(self, s: float) -> float:
+        time.sleep(s)
+        return s
+
+    def die(self) -> None:
+        import os
+
+        os._exit(1)
+
+
+@pytest.fixture(scope="module")
+def slow(ray_session):
+    import ray
+
+    actors = [ray.remote(Slow).options(num_cpus=0.1).remote() for _ in range(2)]
+    nodes = [get_one(a.__ray_call__.remote(node_of), "startup", 60, Callee("slow")) for a in actors]
+    yield actors, nodes
+    for a in actors:
+        ray.kill(a)
+
+
+def test_results_in_order_and_a_deadline_naming_role_rank_node_and_call(slow):
+    import ray
+
+    actors, nodes = slow
+    callees = [Callee("napper", r, nodes[r]) for r in range(2)]
+    assert get([a.nap.remote(0.2 * (2 - r)) for r, a in enumerate(actors)], "nap", 30, callees) == [0.4, 0.2]
+    started = time.monotonic()
+    with pytest.raises(RoleError) as err:
+        get([actors[0].nap.remote(0.0), actors[1].nap.remote(30)], "nap", 1.5, callees)
+    assert time.monotonic() - started < 5  # the deadline, not the call's 30 s
+    address = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == nodes[1])
+    assert str(err.value) == f"napper rank 1 did not finish 'nap' within 2s (node {address})"
+    assert (err.value.role, err.value.ranks, err.value.call) == ("napper", [1], "nap")
+
+
+def test_a_death_fails_at_once_naming_the_dead_one(ray_session):
+    import ray
+
+    doomed = ray.remote(Slow).options(num_cpus=0.1).remote()
+    survivor = ray.remote(Slow).options(num_cpus=0.1).remote()
+    started = time.monotonic()
+    with pytest.raises(RoleError, match=r"^reward actor died during 'score': ") as err:
+        get(
+            [survivor.nap.remote(60), doomed.die.remote()],
+            "score",
+            120,
+            [Callee("ref"), Callee("reward actor")],
+        )
+    assert time.monotonic() - started < 30 and err.value.role == "reward actor"
+    ray.kill(survivor)
