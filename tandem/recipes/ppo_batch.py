@@ -21,7 +21,7 @@ from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, mask
 from tandem.config import TimeoutsConfig
 
 if TYPE_CHECKING:
-    from tandem.actors.rollout import SampleBatch
+    from tandem.actors.samples import SampleBatch
 
 
 def pad_right(
@@ -36,6 +36,14 @@ def pad_right(
     for i, row in enumerate(rows):
         if row:
             out[i, : len(row)] = torch.as_tensor(list(row), dtype=dtype)
+    return out
+
+
+def widen(values: np.ndarray, width: int) -> torch.Tensor:
+    """(B, R') scoring output (numpy) -> a (B, width) tensor, R' <= width (a shard's widest row may be shorter)."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    # A copy: arrays from Ray's object store are read-only.
+    out[:, : values.shape[1]] = torch.tensor(values, dtype=torch.float32)
     return out
 
 
@@ -193,7 +201,8 @@ class Generation:
 
     def result(self) -> SampleBatch:
 
-        from tandem.actors.rollout import RolloutGroup, SampleBatch
+        from tandem.actors.rollout import RolloutGroup
+        from tandem.actors.samples import SampleBatch
 
         if self._drawn is None:
             self._drawn = SampleBatch.concat(
@@ -218,7 +227,7 @@ class Generation:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Generation:
-        from tandem.actors.rollout import SampleBatch
+        from tandem.actors.samples import SampleBatch
 
         d = state["drawn"]
         drawn = SampleBatch(

@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import torch
 
 from tandem.algos import ADV_ESTIMATORS, get_adv_est
@@ -24,7 +23,7 @@ from tandem.config import Config, LearnerConfig
 from tandem.errors import UserError
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
-from tandem.recipes.ppo_batch import Generation, RolloutBatch
+from tandem.recipes.ppo_batch import Generation, RolloutBatch, widen
 from tandem.recipes.ppo_config import learner_deadlines, needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
 
@@ -278,11 +277,11 @@ class Roles:
         ref = get_one(
             ref_ref, "logprobs", deadline, Callee("reference actor", None, self.nodes["reference actor"])
         )
-        batch.ref_logprobs = _width(ref, width)
+        batch.ref_logprobs = widen(ref, width)
         if policy_refs is not None:
-            batch.old_logprobs = _width(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
+            batch.old_logprobs = widen(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
         if critic_refs is not None:
-            batch.values = _width(concat_rows(self.critic.collect(critic_refs, "values")), width)
+            batch.values = widen(concat_rows(self.critic.collect(critic_refs, "values")), width)
         if self.task_reward is None:
             return None
         return self.task_reward(batch.prompts, batch.responses)
@@ -385,14 +384,6 @@ class Roles:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-def _width(values: np.ndarray, width: int) -> torch.Tensor:
-    """(B, R') scoring output -> a (B, width) tensor, R' <= width (a shard's widest row may be shorter)."""
-    out = torch.zeros((len(values), width), dtype=torch.float32)
-    # A copy: arrays from Ray's object store are read-only.
-    out[:, : values.shape[1]] = torch.tensor(values, dtype=torch.float32)
-    return out
 
 
 def _task_reward(cfg: Config):

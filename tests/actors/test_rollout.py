@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.actors.rollout import RolloutGroup, Sample, _split
+from tandem.actors.rollout import RolloutGroup, _split
+from tandem.actors.samples import Sample
 from tandem.cluster.runtime import core_share
 from tandem.config import Config
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tandem.actors.rollout import SampleBatch
+from tandem.actors.samples import SampleBatch
 from tandem.cluster.sharding import shard
 from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right, rollout_metrics
 
