@@ -47,7 +47,11 @@ def run() -> list[tuple]:
         key = f"timing/{stage}"
         if key in steady[0]:
             share = mean(key) / mean("timing/step")
-            out_rows.append((f"  {stage}", mean(key), "s", f"mean of steps 2-{STEPS}, {share:.0%} of a step"))
+            util = [r[f"perf/cpu_util/{stage}"] for r in steady if f"perf/cpu_util/{stage}" in r]
+            busy = f", CPU {statistics.fmean(util):.0%} busy" if util else ""
+            out_rows.append(
+                (f"  {stage}", mean(key), "s", f"mean of steps 2-{STEPS}, {share:.0%} of a step{busy}")
+            )
     out_rows += [
         ("step", mean("timing/step"), "s", f"mean of steps 2-{STEPS} ({n} steps)"),
         ("samples/s", mean("perf/samples_per_s"), "samples/s", f"{batch} samples per step / step time"),
@@ -59,7 +63,13 @@ def run() -> list[tuple]:
             "tokens",
             f"max {cfg.model.max_response_len}",
         ),
-        ("logprob mismatch", mean("rollout/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
+        ("logprob mismatch", mean("offpolicy/logprob_mismatch"), "nats", "|vLLM - learner| per token, fp32"),
+        (
+            "orchestration",
+            mean("perf/overhead_frac"),
+            "of a step",
+            "driver time outside the stages + update time the learners were not computing",
+        ),
         (
             "peak memory",
             peak.peak_pss / 2**30,

@@ -46,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tandem from this checkout, installed or not
 
+import numpy as np
 import torch
 
 # Dense bf16 tensor-core peaks (vendor data sheets, SXM parts), TFLOP/s. MFU is quoted against them.
@@ -173,20 +174,27 @@ def build_model_dir(shape: dict, target: Path) -> Path:
     return target
 
 
-def rollout_examples(n: int, prompt_len: int, response_len: int, vocab: int, seed: int) -> list[dict]:
-    """Equal-length random token rows in the learner's rollout layout, advantages +1 everywhere."""
+def rollout_rows(n: int, prompt_len: int, response_len: int, vocab: int, seed: int) -> Any:
+    """Equal-length random token rows as the learner takes a rollout batch (`Rows`), advantages +1
+    everywhere and behaviour logprobs 0 (to be set: the learner reads them for its IS weights)."""
+    from tandem.models.rows import Rows
+
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(16, vocab, (prompt_len + response_len,), generator=g).tolist()
-        out.append(
-            {
-                "prompt_ids": ids[:prompt_len],
-                "response_ids": ids[prompt_len:],
-                "advantages": [1.0] * response_len,
-            }
-        )
-    return out
+    ids = torch.randint(16, vocab, (n, prompt_len + response_len), generator=g)
+    return Rows.from_ids(
+        ids[:, :prompt_len],
+        ids[:, prompt_len:],
+        0,
+        advantages=torch.ones(n, response_len),
+        behaviour_logprobs=torch.zeros(n, response_len),
+    )
+
+
+def with_logprobs(rows: Any, **arrays: Any) -> Any:
+    """`rows` with (n, R) arrays added or replaced, e.g. behaviour (engine) logprobs."""
+    from tandem.models.rows import Rows
+
+    return rows.merge(Rows(**{k: np.asarray(v, np.float32) for k, v in arrays.items()}))
 
 
 def policy_learner(model_dir: str, size: Size, zero_stage: int, precision: str, total_steps: int) -> Any:
@@ -221,11 +229,6 @@ def throughput(n_params: int, tokens: int, seconds: list[float], peak_tflops: fl
     }
 
 
-def _mean(rows: list[list[float]]) -> float:
-    values = [v for row in rows for v in row]
-    return sum(values) / len(values)
-
-
 # -- the checks -----------------------------------------------------------------------------------
 
 
@@ -237,14 +240,17 @@ def check_train(
     steps = size.warmup_steps + size.timed_steps
     learner = policy_learner(model_dir, size, zero_stage, "bf16", steps)
     n_params = sum(p.numel() for p in learner.model.parameters())
-    batch = rollout_examples(
+    batch = rollout_rows(
         size.global_batch, size.prompt_len, size.response_len, learner.model.config.vocab_size, seed=1
     )
+    everyone = range(len(batch))
     seconds, losses, first_logprob = [], [], None
     for step in range(steps):
-        old = learner.logprobs(batch)  # pi_old = the current policy, as at PPO's first minibatch
-        first_logprob = _mean(old) if first_logprob is None else first_logprob
-        examples = [{**e, "old_logprobs": lp} for e, lp in zip(batch, old, strict=True)]
+        # The engine's logprobs = the current policy's, as in synchronous PPO; pi_old is the training
+        # forward itself (one optimizer step per batch).
+        old = learner.logprobs(batch, everyone)
+        first_logprob = float(old.mean()) if first_logprob is None else first_logprob
+        examples = with_logprobs(batch, behaviour_logprobs=old)
         _sync(learner.device)
         started = time.perf_counter()
         metrics = learner.train_batch(examples)
@@ -256,7 +262,7 @@ def check_train(
             raise RuntimeError(f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}")
     if profile_to is not None:
         profile_step(lambda: learner.train_batch(examples), learner.device, profile_to)
-    last_logprob = _mean(learner.logprobs(batch))
+    last_logprob = float(learner.logprobs(batch, everyone).mean())
     tokens = size.global_batch * (size.prompt_len + size.response_len)
     figures = {
         **throughput(n_params, tokens, seconds, peak_tflops),
@@ -294,8 +300,8 @@ def check_plain_baseline(model_dir: str, size: Size, peak_tflops: float | None) 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=size.lr, fused=device.type == "cuda")
-    rows = rollout_examples(size.global_batch, size.prompt_len, size.response_len, model.config.vocab_size, 1)
-    ids = torch.tensor([e["prompt_ids"] + e["response_ids"] for e in rows], device=device)
+    rows = rollout_rows(size.global_batch, size.prompt_len, size.response_len, model.config.vocab_size, 1)
+    ids = rows["input_ids"].to(device)
     n_micro = size.global_batch // size.micro_batch
     seconds = []
     for step in range(size.warmup_steps + size.timed_steps):
@@ -316,37 +322,35 @@ def check_plain_baseline(model_dir: str, size: Size, peak_tflops: float | None) 
     return {**throughput(n_params, ids.numel(), seconds, peak_tflops), "ok": math.isfinite(loss.item())}
 
 
-def plain_logprobs(model: Any, examples: list[dict], device: torch.device) -> list[list[float]]:
-    """log p(response token | context) from an HF model, one unpadded sequence at a time."""
-    out = []
+def plain_logprobs(model: Any, rows: Any, device: torch.device) -> np.ndarray:
+    """log p(response token | context) from an HF model (rows of equal length, no padding), (n, R)."""
+    ids = rows["input_ids"].to(device)
+    response_len = rows["mask"].shape[1]
     with torch.no_grad():
-        for e in examples:
-            ids = torch.tensor([e["prompt_ids"] + e["response_ids"]], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            logprobs = logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
-            out.append(logprobs[len(e["prompt_ids"]) - 1 :].tolist())
-    return out
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        logprobs = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return logprobs[:, -response_len:].cpu().numpy()
 
 
 def check_logprob_parity(learner: Any, size: Size) -> dict:
     """The learner's logprobs against transformers' on the weights the learner saves."""
     from transformers import AutoModelForCausalLM
 
-    examples = rollout_examples(
+    rows = rollout_rows(
         min(8, size.global_batch), size.prompt_len, size.response_len, learner.model.config.vocab_size, seed=2
     )
-    ours = learner.logprobs(examples)
+    ours = learner.logprobs(rows, range(len(rows)))
     with tempfile.TemporaryDirectory() as saved:
         learner.save_model(saved)
         plain = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.bfloat16).to(learner.device).eval()
-        theirs = plain_logprobs(plain, examples, learner.device)
+        theirs = plain_logprobs(plain, rows, learner.device)
         del plain
         exact = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).to(learner.device).eval()
-        fp32 = plain_logprobs(exact, examples, learner.device)
+        fp32 = plain_logprobs(exact, rows, learner.device)
         del exact
-    diffs = [abs(a - b) for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True)]
-    fp32_diffs = [abs(a - b) for x, y in zip(ours, fp32, strict=True) for a, b in zip(x, y, strict=True)]
-    values = [v for row in ours for v in row]
+    diffs = np.abs(ours - theirs).ravel().tolist()
+    fp32_diffs = np.abs(ours - fp32).ravel().tolist()
+    values = ours.ravel().tolist()
     mean = sum(values) / len(values)
     figures = {
         "tokens": len(diffs),
@@ -381,11 +385,14 @@ def tiny_ppo_step() -> dict[str, float]:
         lr=1e-3,
     )
     learner = policy_learner(resolve_model("tiny-qwen2"), size, zero_stage=0, precision="fp32", total_steps=1)
-    examples = rollout_examples(8, 12, 20, learner.model.config.vocab_size, seed=3)
     g = torch.Generator().manual_seed(4)
-    for e in examples:
-        e["old_logprobs"] = (torch.randn(20, generator=g) - 6.0).tolist()
-        e["advantages"] = torch.randn(20, generator=g).tolist()
+    old = torch.randn(8, 20, generator=g) - 6.0
+    examples = with_logprobs(
+        rollout_rows(8, 12, 20, learner.model.config.vocab_size, seed=3),
+        old_logprobs=old,
+        behaviour_logprobs=old,  # the sampler is pi_old: importance weights 1
+        advantages=torch.randn(8, 20, generator=g),
+    )
     metrics = learner.train_batch(examples)
     return {k: metrics[k] for k in ("loss", "grad_norm", "actor/clip_frac") if k in metrics}
 

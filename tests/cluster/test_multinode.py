@@ -66,4 +66,4 @@ def test_roles_land_on_the_nodes_their_config_names(tmp_path):
     assert result["summary"]["steps"] == 2 and "final_model" in result["summary"]
     first, second = result["rows"]
     assert first["actor/grad_norm"] > 0 and second["kl/mean"] != 0  # (k1 KL estimates may be negative)
-    assert first["rollout/logprob_mismatch"] < 1e-4 and second["rollout/logprob_mismatch"] < 1e-4
+    assert first["offpolicy/logprob_mismatch"] < 1e-4 and second["offpolicy/logprob_mismatch"] < 1e-4
