@@ -155,11 +155,15 @@ def build_model(name: str, size: Size) -> tuple[Path, int]:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return target, count_params(target / "model.safetensors")
+
+
+def count_params(path: Path) -> int:
+    """Parameters stored in a safetensors file (a tied lm_head is stored once), read from its header."""
     from safetensors import safe_open
 
-    with safe_open(target / "model.safetensors", "pt") as f:
-        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f)
-    return target, params
+    with safe_open(path, "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not iterable)
 
 
 def find_trl() -> tuple[str | None, str]:

@@ -69,6 +69,14 @@ def test_size_rows_without_trl_still_reports_tandem():
     assert not any("/ TRL" in m for m in by_name)
 
 
+def test_count_params(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, tmp_path / "m.safetensors")
+    assert sbs.count_params(tmp_path / "m.safetensors") == 17
+
+
 def test_trl_pin_matches_the_bench_extra():
     pyproject = tomllib.loads((BENCH.parent / "pyproject.toml").read_text())
     extra = pyproject["project"]["optional-dependencies"]["bench"]
