@@ -54,7 +54,7 @@ class Size:
 
 SIZES = {
     "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2),
-    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=1),
+    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=5, warmup=1),  # 6 in run.sh: 10 minutes
 }
 
 
@@ -95,13 +95,23 @@ def cpu_summary(rows: list[dict], warmup: int) -> tuple[float, str]:
     return overall, note
 
 
-def ratio_rows(label: str, trl_step_s: float | None, tandem_steps: dict[str, float]) -> list[Row]:
-    """tandem/TRL throughput ratios (= TRL step time / tandem step time), one per tandem mode."""
-    if trl_step_s is None:
+def ratio_rows(
+    label: str, trl: tuple[float, float] | None, tandem: dict[str, tuple[float, float]]
+) -> list[Row]:
+    """tandem/TRL completions/s ratios (= TRL step time / tandem step time), one per tandem mode,
+    each noting the ratio per response token too; runs are (median step s, mean response length).
+    The lengths can part: tandem's KL penalty is in the reward, TRL's in the loss."""
+    if trl is None:
         return []
+    trl_s, trl_len = trl
     return [
-        (f"{label}: tandem {mode} / TRL", trl_step_s / s, "x", "completions/s ratio")
-        for mode, s in tandem_steps.items()
+        (
+            f"{label}: tandem {mode} / TRL",
+            trl_s / step_s,
+            "x",
+            f"completions/s ratio; per response token {trl_s / step_s * length / trl_len:.2f}x",
+        )
+        for mode, (step_s, length) in tandem.items()
     ]
 
 
@@ -257,12 +267,13 @@ def size_rows(
     batch, label = PROMPTS * SAMPLES, f"{name}"
     timed = f"steps {size.warmup + 1}-{size.steps}"
     rows: list[Row] = []
-    trl_s = None
+    trl_run = None
     if isinstance(trl, str):
         rows.append((f"{label}: TRL GRPOTrainer", "-", "completions/s", trl))
     else:
         trl_s = steady_step_s(trl["step_s"], size.warmup)
         length = statistics.fmean(trl["completion_length"][size.warmup :])
+        trl_run = trl_s, length
         rows.append(
             (
                 f"{label}: TRL GRPOTrainer",
@@ -274,21 +285,20 @@ def size_rows(
                 ),
             )
         )
-    steps = {mode: tandem_step_s([r["time"] for r in rows_], size.warmup) for mode, rows_ in tandem.items()}
+    runs = {}
     for mode, metrics in tandem.items():
+        step_s = tandem_step_s([r["time"] for r in metrics], size.warmup)
         length = steady_means(metrics, size.warmup, "rollout/response_length/mean")
+        runs[mode] = step_s, length.get("rollout/response_length/mean", float("nan"))
         rows.append(
             (
                 f"{label}: tandem {mode}",
-                batch / steps[mode],
+                batch / step_s,
                 "completions/s",
-                (
-                    f"{steps[mode]:.3f} s/step (median of {timed}), "
-                    f"mean length {length.get('rollout/response_length/mean', float('nan')):.1f}"
-                ),
+                f"{step_s:.3f} s/step (median of {timed}), mean length {runs[mode][1]:.1f}",
             )
         )
-    rows += ratio_rows(label, trl_s, steps)
+    rows += ratio_rows(label, trl_run, runs)
     for mode, metrics in tandem.items():
         overall, note = cpu_summary(metrics, size.warmup)
         rows.append((f"{label}: tandem {mode} CPU use", overall, "of all cores", note))

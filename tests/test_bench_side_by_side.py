@@ -46,12 +46,15 @@ def test_steady_means_and_cpu_summary():
 
 
 def test_ratio_rows():
-    rows = sbs.ratio_rows("tiny", 0.3, {"sync": 0.6, "async (K=1)": 0.2})
+    # TRL 0.3 s a step at 20 tokens; sync 0.6 s at 20 tokens, async 0.2 s at 10 tokens.
+    rows = sbs.ratio_rows("tiny", (0.3, 20.0), {"sync": (0.6, 20.0), "async (K=1)": (0.2, 10.0)})
     assert [(m, round(v, 6), u) for m, v, u, _ in rows] == [
         ("tiny: tandem sync / TRL", 0.5, "x"),
         ("tiny: tandem async (K=1) / TRL", 1.5, "x"),
     ]
-    assert sbs.ratio_rows("tiny", None, {"sync": 0.6}) == []
+    assert rows[0][3].endswith("per response token 0.50x")
+    assert rows[1][3].endswith("per response token 0.75x")
+    assert sbs.ratio_rows("tiny", None, {"sync": (0.6, 20.0)}) == []
 
 
 def test_size_rows_without_trl_still_reports_tandem():
