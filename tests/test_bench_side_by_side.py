@@ -1,0 +1,94 @@
+"""The side-by-side bench's arithmetic (bench/side_by_side.py) on hand-computed numbers; the runs
+themselves are `make bench`'s."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import side_by_side as sbs
+
+sys.path.remove(str(BENCH))
+
+
+def test_trl_steady_step_is_the_median_after_warmup():
+    # Steps 3-6 of [9, 5, 1.0, 3.0, 2.0, 10.0]: median of (1, 3, 2, 10) = 2.5.
+    assert sbs.steady_step_s([9.0, 5.0, 1.0, 3.0, 2.0, 10.0], warmup=2) == 2.5
+
+
+def test_tandem_steady_step_from_logged_times():
+    # Rows logged at these times: step 2 took 4 s, step 3 1 s, step 4 2 s, step 5 6 s.
+    times = [100.0, 104.0, 105.0, 107.0, 113.0]
+    assert sbs.tandem_step_s(times, warmup=1) == 3.0  # median(4, 1, 2, 6)
+    assert sbs.tandem_step_s(times, warmup=2) == 2.0  # steps 3-5: median(1, 2, 6)
+    with pytest.raises(ValueError, match="warmup"):
+        sbs.tandem_step_s(times, warmup=0)
+
+
+def test_steady_means_and_cpu_summary():
+    rows = [
+        {"perf/cpu_util/generate": 0.1, "timing/generate": 9.0, "timing/policy_update": 9.0},  # warm-up
+        {"perf/cpu_util/generate": 0.8, "perf/cpu_util/policy_update": 0.5, "timing/generate": 1.0},
+        {"perf/cpu_util/generate": 0.6, "timing/generate": 3.0, "timing/policy_update": 6.0},
+    ]
+    assert sbs.steady_means(rows, 1, "perf/cpu_util/") == pytest.approx(
+        {"perf/cpu_util/generate": 0.7, "perf/cpu_util/policy_update": 0.5}
+    )
+    overall, note = sbs.cpu_summary(rows, 1)
+    # generate 0.7 over a mean 2 s, policy_update 0.5 over 6 s: (1.4 + 3.0) / 8 = 0.55.
+    assert overall == pytest.approx(0.55)
+    assert note == "generate 0.70, policy_update 0.50"
+
+
+def test_ratio_rows():
+    # TRL 0.3 s a step at 20 tokens; sync 0.6 s at 20 tokens, async 0.2 s at 10 tokens.
+    rows = sbs.ratio_rows("tiny", (0.3, 20.0), {"sync": (0.6, 20.0), "async (K=1)": (0.2, 10.0)})
+    assert [(m, round(v, 6), u) for m, v, u, _ in rows] == [
+        ("tiny: tandem sync / TRL", 0.5, "x"),
+        ("tiny: tandem async (K=1) / TRL", 1.5, "x"),
+    ]
+    assert rows[0][3].endswith("per response token 0.50x")
+    assert rows[1][3].endswith("per response token 0.75x")
+    assert sbs.ratio_rows("tiny", None, {"sync": (0.6, 20.0)}) == []
+
+
+def test_size_rows_without_trl_still_reports_tandem():
+    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1)
+    metrics = [
+        {"time": 0.0, "perf/cpu_util/generate": 1.0, "timing/generate": 1.0},
+        {"time": 2.0, "perf/cpu_util/generate": 0.5, "timing/generate": 1.0, "offpolicy/staleness_mean": 1.0},
+        {"time": 6.0, "perf/cpu_util/generate": 0.5, "timing/generate": 1.0, "offpolicy/staleness_mean": 0.0},
+    ]
+    rows = sbs.size_rows("t", size, 1000, "skipped: no trl", {"sync": metrics, "async (K=1)": metrics})
+    by_name = {m: v for m, v, _, _ in rows}
+    assert by_name["t: TRL GRPOTrainer"] == "-"
+    assert by_name["t: tandem sync"] == pytest.approx(64 / 3.0)  # median(2, 4) = 3 s a step
+    assert by_name["t: tandem async (K=1) staleness_mean"] == pytest.approx(0.5)
+    assert not any("/ TRL" in m for m in by_name)
+
+
+def test_count_params(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, tmp_path / "m.safetensors")
+    assert sbs.count_params(tmp_path / "m.safetensors") == 17
+
+
+def test_trl_pin_matches_the_bench_extra():
+    pyproject = tomllib.loads((BENCH.parent / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["bench"]
+    assert sorted(extra) == [f"accelerate=={sbs.TRL_VERSION}", f"trl=={sbs.TRL_VERSION}"]
+
+
+def test_sizes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SBS_SIZES", "mid, tiny")
+    assert sbs.selected_sizes() == ["mid", "tiny"]
+    monkeypatch.setenv("SBS_SIZES", "huge")
+    with pytest.raises(ValueError, match="huge"):
+        sbs.selected_sizes()
