@@ -2,7 +2,7 @@
 what `bench/side_by_side.py` runs as a subprocess and compares tandem against.
 
 Same job as tandem's side: the built-in sort task's training prompts (`rl_prompts("sort", 2048)`,
-as `data.task: sort` draws them), its true reward (`task_reward("sort")`), 16 prompts x 4
+as `data.task: sort` draws them), the bench reward (`_sbs_reward.partial_sort`, as tandem's side), 16 prompts x 4
 generations a step, temperature 1.0, beta (KL coefficient) 0.04, lr 1e-4 constant, one
 iteration and no gradient accumulation, seed 0. A step's wall time is the interval between
 consecutive `on_step_end` callbacks (the first from `on_train_begin`).
@@ -42,13 +42,12 @@ def main() -> None:
     import torch
     import transformers
     import trl
+    from _sbs_reward import partial_sort as reward_fn
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tandem.data import prompt_text, rl_prompts, task_reward
-
-    reward_fn = task_reward("sort")
+    from tandem.data import prompt_text, rl_prompts
 
     def sort_reward(prompts, completions, **kwargs):
         return reward_fn([prompt_text(p) for p in prompts], [text_of(c) for c in completions])

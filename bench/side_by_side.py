@@ -1,6 +1,6 @@
 """Side by side, in one run on this machine: TRL's `GRPOTrainer` (HF generate, one process) against
 `tandem ppo` synchronous (`ppo.max_staleness=0`) and asynchronous (`ppo.max_staleness=1`), on the same
-model, prompts (the sort task's), reward (its true reward), batch (16 prompts x 4), lengths, lr 1e-4,
+model, prompts (the sort task's), reward (`_sbs_reward.partial_sort`: partial credit), batch (16 prompts x 4), lengths, lr 1e-4,
 KL coefficient 0.04 and fp32. Each run is a subprocess of its own, one after another.
 
 Steady-state completions/s: 64 / the median step interval, leaving out the first steps (warm-up).
@@ -196,7 +196,7 @@ def find_trl() -> tuple[str | None, str]:
 
 
 def _env(extra: str = "") -> dict[str, str]:
-    paths = [str(REPO), extra, os.environ.get("PYTHONPATH", "")]
+    paths = [str(REPO), str(REPO / "bench"), extra, os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
@@ -226,7 +226,7 @@ def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int) -
         "data": {"task": "sort", "num_train": 2048},
         "wandb": {"mode": "disabled"},
         "train": {"num_generate_eval": 0},  # the held-out table after the run: not compared, and slow
-        "reward": {"components": [{"kind": "function", "path": "task", "name": "sort"}]},
+        "reward": {"components": [{"kind": "function", "path": "_sbs_reward:partial_sort", "name": "sort"}]},
         "learner": {
             "micro_batch_size": PROMPTS * SAMPLES,
             "global_batch_size": PROMPTS * SAMPLES,

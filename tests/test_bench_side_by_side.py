@@ -11,6 +11,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
+import _sbs_reward
 import side_by_side as sbs
 
 sys.path.remove(str(BENCH))
@@ -92,3 +93,9 @@ def test_sizes_from_the_environment(monkeypatch):
     monkeypatch.setenv("SBS_SIZES", "huge")
     with pytest.raises(ValueError, match="huge"):
         sbs.selected_sizes()
+
+
+def test_partial_sort_reward_by_hand():
+    prompts = ["sort: 7 3 9 1", "sort: 10 2", "sort: 5 4"]
+    responses = ["1 3 7 9", "2 5", "no digits"]
+    assert _sbs_reward.partial_sort(prompts, responses) == [1.0, 0.5, 0.0]
