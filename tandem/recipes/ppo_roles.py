@@ -113,8 +113,10 @@ class Roles:
             (shared, 0) if "reference" in p.colocate else None,
         )
         self._actors = [self.reward, self.reference]
-        setups = self.policy.async_call("setup") + (self.critic.async_call("setup") if self.critic else [])
-        self.policy.collect(setups, "setup")
+        # Both groups set up at once; each collects its own ranks' answers.
+        setups = [(g, g.async_call("setup")) for g in (self.policy, self.critic) if g is not None]
+        for group, refs in setups:
+            group.collect(refs, "setup")
         self.nodes: dict[str, str] = {}  # single actors' Ray node ids, for errors naming where
         for name, actor, section in (
             ("reward actor", self.reward, cfg.reward),
