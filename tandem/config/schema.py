@@ -146,8 +146,8 @@ class LearnerConfig(_Section):
     """Recompute activations in the backward pass to save memory."""
     threads: int | None = Field(None, ge=1)
     """Compute threads of each rank while it trains or takes a held-out loss, when every other role
-    waits. None: the node's cores shared by the ranks on it (Ray's CPU count alone would give 1);
-    half that in asynchronous PPO (`ppo.max_staleness` >= 1), where the engines generate meanwhile.
+    waits. None: the node's cores shared by the ranks on it (Ray's CPU count alone would give 1), in
+    asynchronous PPO too (the engines keep to half the cores and finish early in an update).
     PPO's scoring passes, which run beside the reward and reference actors, keep Ray's count."""
     collective_timeout_s: int = Field(300, ge=10)
     """A collective waiting longer than this fails (a dead rank surfaces as an error, not a hang)."""

@@ -103,7 +103,6 @@ class DeepSpeedLearner:
         self.engine: Any = None
         self.model: Any = None
         self.device = torch.device("cpu")
-        self.core_sharers = 1  # roles computing beside this one's training on its node, itself included
         self.max_nonfinite_steps = 3  # skipped optimizer steps in a row before NonFiniteError
 
     # -- hooks for subclasses -----------------------------------------------------------------

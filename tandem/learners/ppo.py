@@ -28,12 +28,11 @@ from tandem.models.tokens import TokenBatch, next_token_targets
 
 class _RolloutLearner(DeepSpeedLearner):
     """Shared by policy and critic: rows of a rollout batch, token-mean losses, no-grad scoring.
-    `core_sharers` 2: the engines generate while this trains (asynchronous PPO), so it takes half
-    the threads it would alone. `max_nonfinite_steps`: see `tandem.learners.finite`."""
+    `max_nonfinite_steps`: see `tandem.learners.finite`."""
 
-    def __init__(self, *args, core_sharers: int = 1, max_nonfinite_steps: int = 3, **kwargs) -> None:
+    def __init__(self, *args, max_nonfinite_steps: int = 3, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.core_sharers, self.max_nonfinite_steps = core_sharers, max_nonfinite_steps
+        self.max_nonfinite_steps = max_nonfinite_steps
 
     def collate(self, rows: Rows) -> Rows:
         return rows

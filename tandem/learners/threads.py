@@ -16,25 +16,24 @@ import torch
 T = TypeVar("T")
 
 
-def rank_threads(sharers: int = 1) -> int:
-    """This rank's share of its node's cores: split among the learner ranks on the node, which train
-    while the other roles wait; and `sharers` ways more when others compute meanwhile (PPO's engines
-    drawing the next batch in asynchronous mode)."""
+def rank_threads() -> int:
+    """This rank's share of its node's cores: split among the learner ranks on the node. They train
+    while the other roles wait, or (asynchronous PPO) beside engines that keep to half the cores and
+    are done early: a learner on half the cores would leave them idle for the rest of its update."""
     from tandem.cluster.runtime import core_share
 
-    return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * sharers)
+    return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a learner method with `learner.threads` compute threads (default `rank_threads()` over the
-    learner's `core_sharers`), then
+    """Run a learner method with `learner.threads` compute threads (default `rank_threads()`), then
     return to Ray's count. For the calls during which every other role waits (training, held-out
     loss); passes that run beside other roles (PPO's scoring) keep Ray's count."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
         shared = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or rank_threads(self.core_sharers))
+        torch.set_num_threads(self.cfg.threads or rank_threads())
         try:
             return method(self, *args, **kwargs)
         finally:

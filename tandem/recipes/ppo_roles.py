@@ -73,7 +73,8 @@ class Roles:
         # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._colocated_placement()
-        # Asynchronous: engines generate while the learners train, so each takes half the cores.
+        # Asynchronous: the engines generate beside the learners, on half the cores; the learners keep
+        # them all (the engines are done early in an update: measured faster, see the README).
         sharers = 2 if p.max_staleness else 1
         self.policy = self._learners(
             "policy",
@@ -88,7 +89,6 @@ class Roles:
             off_policy=p.off_policy,
             is_cap=p.is_cap,
             is_level=p.is_level,
-            core_sharers=sharers,
         )
         self.critic = None
         if needs_critic(cfg):
@@ -100,7 +100,6 @@ class Roles:
                 total_steps,
                 shared if "critic" in p.colocate else None,
                 value_clip_eps=p.value_clip_eps,
-                core_sharers=sharers,
             )
         self.rollout = RolloutGroup(cfg, core_sharers=sharers)
         self._groups.append(self.rollout)

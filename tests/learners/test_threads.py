@@ -22,14 +22,11 @@ def test_rank_threads_share_the_cores_among_the_ranks_on_the_node(monkeypatch):
     assert rank_threads() == max(1, CORES // 2)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * CORES))
     assert rank_threads() == 1  # more ranks than cores: one thread each, never 0
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert rank_threads(2) == max(1, CORES // 2)
 
 
 class _Rank:
-    def __init__(self, threads: int | None, core_sharers: int = 1) -> None:
+    def __init__(self, threads: int | None) -> None:
         self.cfg = LearnerConfig(threads=threads)
-        self.core_sharers = core_sharers
 
     @on_all_cores
     def work(self) -> int:
@@ -47,7 +44,6 @@ def test_on_all_cores_sets_the_threads_for_the_call_and_restores_them(monkeypatc
         torch.set_num_threads(1)  # what Ray gives a 1-CPU actor
         assert _Rank(None).work() == CORES
         assert _Rank(3).work() == 3  # learner.threads wins
-        assert _Rank(None, core_sharers=2).work() == max(1, CORES // 2)  # engines draw meanwhile
         assert torch.get_num_threads() == 1
         with pytest.raises(RuntimeError, match="the step failed"):
             _Rank(3).fail()
