@@ -182,26 +182,46 @@ def format_table(
     return "\n".join(lines)
 
 
+def compare_held_out(
+    cfg: Config,
+    kind: str,
+    n: int,
+    policies: dict[str, str],
+    reference: str,
+    base: str,
+    gains: Sequence[tuple[str, str]],
+) -> dict[str, Evaluation]:
+    """Each policy (name -> path) evaluated on the same `n` held-out prompts of `kind`, with its KL
+    to `reference`; prints the table (`format_table(results, held, base, gains)`) and returns the
+    evaluations. {} and one line saying why without an evaluation reward or prompts."""
+    held = held_out(cfg, kind, n)
+    if isinstance(held, str):
+        print(held)
+        return {}
+    results = {
+        name: evaluate_policy(
+            path, held.reward, held.prompts, cfg.model.max_response_len, cfg.run.seed, reference
+        )
+        for name, path in policies.items()
+    }
+    print(format_table(results, held, base, gains))
+    return results
+
+
 def evaluate_before_after(cfg: Config, initial: str, trained: str, job: str) -> dict[str, float]:
     """Print the held-out table of the trained model against the model it started from, and return
     `eval/true_reward/{greedy,sampled}` of the one and `eval/init_true_reward/...` of the other
     ({} with num_generate_eval 0; {} and one line saying why without an evaluation reward or prompts)."""
     if cfg.train.num_generate_eval == 0:
         return {}
-    held = held_out(cfg, EVAL_KINDS[job], cfg.train.num_generate_eval)
-    if isinstance(held, str):
-        print(held)
-        return {}
-    results = {
-        name: evaluate_policy(
-            path, held.reward, held.prompts, cfg.model.max_response_len, cfg.run.seed, initial
-        )
-        for name, path in (("initial", initial), (job, trained))
-    }
-    print(format_table(results, held, "initial", [(job, "initial")]))
+    policies = {"initial": initial, job: trained}
+    results = compare_held_out(
+        cfg, EVAL_KINDS[job], cfg.train.num_generate_eval, policies, initial, "initial", [(job, "initial")]
+    )
     out = {}
-    for prefix, name in (("eval/init_true_reward", "initial"), ("eval/true_reward", job)):
-        out.update(
-            {f"{prefix}/{mode}": results[name].metrics[f"{mode}/mean"] for mode in ("greedy", "sampled")}
-        )
+    if results:
+        for prefix, name in (("eval/init_true_reward", "initial"), ("eval/true_reward", job)):
+            out.update(
+                {f"{prefix}/{mode}": results[name].metrics[f"{mode}/mean"] for mode in ("greedy", "sampled")}
+            )
     return out

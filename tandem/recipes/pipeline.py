@@ -38,19 +38,10 @@ def stage_config(cfg: Config, path: str | None, stage: str, overrides: tuple[str
 def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, Any]:
     """Each policy's held-out reward on the same prompts and its KL to `reference`; prints the
     table (or the line saying why there is none)."""
-    from tandem.recipes.evaluate import evaluate_policy, format_table, held_out
+    from tandem.recipes.evaluate import compare_held_out
 
-    held = held_out(cfg, "rl", cfg.data.num_eval)
-    if isinstance(held, str):
-        print(held)
-        return {}
-    results = {
-        name: evaluate_policy(
-            path, held.reward, held.prompts, cfg.model.max_response_len, cfg.run.seed, reference
-        )
-        for name, path in policies.items()
-    }
-    print(format_table(results, held, "sft", [("sft", "base"), ("ppo", "sft")]))
+    gains = [("sft", "base"), ("ppo", "sft")]
+    results = compare_held_out(cfg, "rl", cfg.data.num_eval, policies, reference, "sft", gains)
     return {name: e.metrics for name, e in results.items()}
 
 
