@@ -41,8 +41,8 @@ class ReferenceModel:
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows.select(slice(start, start + self.batch_size))
-                logprobs, _ = token_logprobs(self.model, chunk.tokens(self.device))
-                out.append(chunk.from_targets(logprobs))
+                logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
+                out.append(chunk.from_targets(logprobs, target_mask))
         return concat_rows(out)
 
 

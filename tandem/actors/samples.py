@@ -56,15 +56,11 @@ class SampleBatch:
     @classmethod
     def concat(cls, parts: Sequence[SampleBatch]) -> SampleBatch:
         """Parts in request order -> one batch, right-padded to the longest response."""
-        width = max((p.response_ids.shape[1] for p in parts), default=0)
-
-        def cat(key: str) -> np.ndarray:
-            arrays = [getattr(p, key) for p in parts]
-            return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays])
+        from tandem.models.rows import concat_rows
 
         return cls(
-            cat("response_ids"),
-            cat("logprobs"),
+            concat_rows([p.response_ids for p in parts]),
+            concat_rows([p.logprobs for p in parts]),
             *(
                 np.concatenate([getattr(p, k) for p in parts])
                 for k in ("lengths", "prompt_index", "truncated")

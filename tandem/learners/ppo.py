@@ -70,7 +70,7 @@ class _RolloutLearner(DeepSpeedLearner):
             batch = chunk.tokens(self.device)
             values = fn(self._forward(batch), batch)
             if i < len(chunks):
-                out.append(chunk.from_targets(values))
+                out.append(chunk.from_targets(values, next_token_targets(batch)[1]))
         return concat_rows(out)
 
 
@@ -116,10 +116,10 @@ class PolicyLearner(_RolloutLearner):
         logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
         # pi_old: given when the weights moved since the batch was scored (a later minibatch or
         # epoch); otherwise it is this very forward, detached (the ratio's value is 1, its gradient not).
-        old = rows.at_targets("old_logprobs", self.device) if "old_logprobs" in rows else logprobs.detach()
-        behaviour = rows.at_targets("behaviour_logprobs", self.device)
+        old = rows.at_targets("old_logprobs", mask) if "old_logprobs" in rows else logprobs.detach()
+        behaviour = rows.at_targets("behaviour_logprobs", mask)
         weights, is_metrics = self.correction(old, behaviour, mask, cap=self.is_cap, level=self.is_level)
-        advantages = rows.at_targets("advantages", self.device) * weights
+        advantages = rows.at_targets("advantages", mask) * weights
         pg_loss, metrics = self.policy_loss(logprobs, old, advantages, mask, self.clip_eps)
         entropy = masked_mean(entropies, mask)
         loss = pg_loss - self.entropy_coef * entropy if self.entropy_coef else pg_loss
@@ -156,8 +156,8 @@ class CriticLearner(_RolloutLearner):
         tokens = rows.tokens(self.device)
         _, mask = next_token_targets(tokens)
         values = self._forward(tokens)[:, :-1, 0].float()  # (B, T-1)
-        old = rows.at_targets("values", self.device)
-        returns = rows.at_targets("returns", self.device)
+        old = rows.at_targets("values", mask)
+        returns = rows.at_targets("returns", mask)
         loss, metrics = value_loss(values, old, returns, mask, self.value_clip_eps)
         metrics = {f"critic/{k}": float(v) for k, v in metrics.items()}
         metrics["critic/value_loss"] = loss.item()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tandem.models.tokens import TokenBatch, next_token_targets, pad_rows
+from tandem.models.tokens import TokenBatch, pad_rows
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "response_mask")
 
@@ -90,17 +90,19 @@ class Rows:
     def tokens(self, device: torch.device | str = "cpu") -> TokenBatch:
         return TokenBatch(*(self[k].to(device) for k in TOKEN_KEYS))
 
-    def at_targets(self, key: str, device: torch.device | str = "cpu") -> Tensor:
-        """(B, R) values of `key` placed at the (B, T-1) next-token positions of their tokens."""
-        _, target_mask = next_token_targets(self.tokens(device))
+    def at_targets(self, key: str, target_mask: Tensor) -> Tensor:
+        """(B, R) values of `key` placed at the (B, T-1) next-token positions of their tokens, on
+        `target_mask`'s device; `target_mask` is `next_token_targets` of these rows' `tokens()`,
+        which the caller has at hand (its forward's)."""
+        device = target_mask.device
         values = self[key].to(device=device, dtype=torch.float32)
         out = torch.zeros(target_mask.shape, dtype=torch.float32, device=device)
         out[target_mask.bool()] = values[self["mask"].to(device).bool()]
         return out
 
-    def from_targets(self, values: Tensor) -> np.ndarray:
-        """(B, T-1) values at next-token positions -> (B, R) in the rollout layout (numpy, float32)."""
-        _, target_mask = next_token_targets(self.tokens(values.device))
+    def from_targets(self, values: Tensor, target_mask: Tensor) -> np.ndarray:
+        """(B, T-1) values at next-token positions (`target_mask`, as in `at_targets`) -> (B, R) in
+        the rollout layout (numpy, float32)."""
         mask = self["mask"].bool()
         out = torch.zeros(mask.shape, dtype=torch.float32)
         out[mask] = values[target_mask.bool()].float().cpu()
@@ -112,6 +114,6 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """(B_i, R_i) float parts -> one (sum B_i, max R_i) array, right-padded with 0."""
+    """(B_i, R_i) parts -> one (sum B_i, max R_i) array, right-padded with 0 (dtype kept)."""
     width = max(p.shape[1] for p in parts)
     return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])

@@ -200,7 +200,6 @@ class Generation:
         self.version_offset, self.timeout_s = version_offset, timeout_s
 
     def result(self) -> SampleBatch:
-
         from tandem.actors.rollout import RolloutGroup
         from tandem.actors.samples import SampleBatch
 

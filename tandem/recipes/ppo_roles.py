@@ -56,7 +56,6 @@ class Roles:
         return math.ceil(total)
 
     def _start(self, rm_path: str | None) -> None:
-
         from tandem.actors.reference import make_reference_actor
         from tandem.actors.reward import make_reward_actor
         from tandem.actors.rollout import RolloutGroup
@@ -262,13 +261,9 @@ class Roles:
         ref_ref = self.reference.logprobs.remote(batch.rows)
         policy_refs = critic_refs = None
         if self.needs_old_logprobs():
-            policy_refs = self.policy.async_call_per_rank(
-                "logprobs", self._shards(self.policy, len(batch), batch)
-            )
+            policy_refs = self.policy.async_call_per_rank("logprobs", _shards(self.policy, batch))
         if self.critic is not None:
-            critic_refs = self.critic.async_call_per_rank(
-                "values", self._shards(self.critic, len(batch), batch)
-            )
+            critic_refs = self.critic.async_call_per_rank("values", _shards(self.critic, batch))
         deadline = self.cfg.run.timeouts.score_s
         result = get_one(
             reward_ref, "score", deadline, Callee("reward actor", None, self.nodes["reward actor"])
@@ -286,13 +281,6 @@ class Roles:
         if self.task_reward is None:
             return None
         return self.task_reward(batch.prompts, batch.responses)
-
-    @staticmethod
-    def _shards(group: ActorGroup, n: int, batch: RolloutBatch, rows: list[int] | None = None) -> list[tuple]:
-        """Per rank: (the batch's rows ref, this rank's row indices)."""
-        return [
-            (batch.rows, s) for s in shard(rows if rows is not None else list(range(n)), group.world_size)
-        ]
 
     def update(self, role: str, batch: RolloutBatch) -> dict[str, float]:
         """ppo_epochs passes over the batch in num_minibatches shuffled minibatches (one optimizer
@@ -314,9 +302,8 @@ class Roles:
             self.rng.shuffle(order)
             for start in range(0, len(order), size):
                 parts = shard(order[start : start + size], group.world_size)
-                metrics = group.call_per_rank("train_rollout", [(batch.rows, train, part) for part in parts])[
-                    0
-                ]
+                per_rank = group.call_per_rank("train_rollout", [(batch.rows, train, part) for part in parts])
+                metrics = per_rank[0]  # global metrics: the same on every rank
                 for k, v in metrics.items():
                     if k.endswith("_max"):
                         maxima[k] = max(maxima.get(k, v), v)
@@ -385,6 +372,11 @@ class Roles:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _shards(group: ActorGroup, batch: RolloutBatch) -> list[tuple]:
+    """Per rank: (the batch's rows ref, this rank's row indices)."""
+    return [(batch.rows, s) for s in shard(list(range(len(batch))), group.world_size)]
 
 
 def _task_reward(cfg: Config):
