@@ -1,9 +1,11 @@
 """The reward scorer: a weighted sum of reward components, each a reward model, a Python function or
 a remote HTTP endpoint, over batches of (prompt, response) text.
 
-Every component returns one finite float per sample; the scorer returns the weighted total and each
+Every component returns one float per sample; the scorer returns the weighted total and each
 component's own values, so the driver logs `reward/<name>` for every one of them. A component that
-raises or returns the wrong count or a non-finite value fails with a `RewardError` naming it.
+raises or returns the wrong count fails with a `RewardError` naming it; so does one that returns a
+non-finite value, unless the scorer lets those through (`allow_nonfinite`: PPO's reward actor,
+whose driver skips that step's update instead).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def _describe(c: RewardComponent) -> str:
     return f"reward component {c.name or c.kind!r} ({c.kind} {c.path!r})"
 
 
-def check_values(values: Any, n: int, what: str) -> list[float]:
-    """`values` as n finite floats, or a RewardError saying what is wrong and naming `what`."""
+def check_values(values: Any, n: int, what: str, allow_nonfinite: bool = False) -> list[float]:
+    """`values` as n floats, finite unless `allow_nonfinite`, or a RewardError saying what is wrong
+    and naming `what`."""
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError) as err:
@@ -45,7 +48,7 @@ def check_values(values: Any, n: int, what: str) -> list[float]:
     if len(values) != n:
         raise RewardError(f"{what} returned {len(values)} values for {n} samples")
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-    if bad:
+    if bad and not allow_nonfinite:
         raise RewardError(
             f"{what} returned a non-finite value ({values[bad[0]]}) for sample {bad[0]} "
             f"({len(bad)} of {n} samples)"
@@ -163,6 +166,8 @@ class RewardScorer:
         length_penalty, tokenizer_path: subtract `length_penalty` per token of each response, as
             the tokenizer at `tokenizer_path` (the policy's) counts them; its counts are the
             component "length_tokens" (weight -length_penalty).
+        allow_nonfinite: return NaN/inf values (the caller skips what they would spoil) instead of
+            a RewardError.
     """
 
     def __init__(
@@ -176,7 +181,9 @@ class RewardScorer:
         max_response_len: int = 32,
         length_penalty: float = 0.0,
         tokenizer_path: str | None = None,
+        allow_nonfinite: bool = False,
     ) -> None:
+        self.allow_nonfinite = allow_nonfinite
         if not components:
             raise UserError("`reward.components` is empty: nothing to score with")
         names = [c.name or c.kind for c in components] + (["length_tokens"] if length_penalty else [])
@@ -227,7 +234,7 @@ class RewardScorer:
                 raise
             except Exception as err:  # a user's function may fail in any way: say which one
                 raise RewardError(f"{_describe(c)} raised {type(err).__name__}: {err}") from err
-            values = check_values(raw, n, _describe(c))
+            values = check_values(raw, n, _describe(c), self.allow_nonfinite)
             parts[name] = values
             total = [t + c.weight * v for t, v in zip(total, values)]
         return RewardResult(total, parts)
@@ -237,7 +244,8 @@ def make_reward_actor(
     cfg: Config, rm_path: str | None = None, placement: tuple[Any, int] | None = None
 ) -> Any:
     """Start the reward actor (`RewardScorer` in a Ray actor with `reward.cpus`/`reward.gpus`;
-    `placement` = (placement group, bundle index) colocates it there)."""
+    `placement` = (placement group, bundle index) colocates it there). It answers NaN/inf scores
+    as they are, for the driver to skip (`ppo.max_nonfinite_steps`)."""
     import os
 
     import ray
@@ -256,7 +264,8 @@ def make_reward_actor(
         **placement_options(cfg.reward.resources, placement),
         runtime_env={"env_vars": {**worker_env(), **tokens}},
     )
-    return actor.remote(*_scorer_args(cfg, rm_path))
+    # NaN/inf scores reach the driver, which skips that step's update (ppo.max_nonfinite_steps).
+    return actor.remote(*_scorer_args(cfg, rm_path), allow_nonfinite=True)
 
 
 def _scorer_args(cfg: Config, rm_path: str | None) -> tuple:

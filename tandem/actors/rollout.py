@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tandem.actors.samples import Sample, SampleBatch
 from tandem.cluster.calls import Callee, get, get_one
 from tandem.config import Config, ModelConfig, RolloutConfig
+
+if TYPE_CHECKING:
+    from tandem.actors.rollout_request import RolloutRequest
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +185,15 @@ class RolloutEngine:
             "tandem_init_weight_sync", args=(master_addr, master_port, rank_offset, world_size, timeout_s)
         )
 
-    def receive_weights(self) -> int:
-        """Load one weight stream from the learner; returns the new weight version. Timings of the
-        last sync are in `info()["last_sync"]`."""
+    def receive_weights(self, version: int | None = None) -> int:
+        """Load one weight stream from the learner; returns the new weight version: `version`, else
+        one more than before (a replacement engine takes the others' version). Timings of the last
+        sync are in `info()["last_sync"]`."""
         started = time.perf_counter()
         stats = self.llm.collective_rpc("tandem_receive_weights")[0]  # worker 0's; the others match
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
-        self.version += 1
+        self.version = self.version + 1 if version is None else version
         self.last_sync = {**stats, "total_s": time.perf_counter() - started}
         logger.info(
             "weights v%d: %d tensors, %.1f MB in %.3f s (%.3f s receiving)",
@@ -227,21 +231,26 @@ def _split(n_items: int, n_parts: int) -> list[tuple[int, int]]:
 
 
 class RolloutGroup:
-    """The driver's handle on `rollout.num_engines` engine actors: spreads prompts over them and
-    gathers results in prompt order."""
+    """The driver's handle on `rollout.num_engines` engine actors: spreads prompts over them, gathers
+    results in prompt order; an engine that dies or misses its deadline is healed in place
+    (`tandem.actors.rollout_request`)."""
 
     def __init__(self, cfg: Config, engines: Sequence[Any] | None = None, core_sharers: int = 1) -> None:
-        import ray
-
+        from tandem.cluster.healing import Heals
         from tandem.cluster.runtime import worker_env
 
-        self.cfg = cfg
+        self.cfg, self._core_sharers = cfg, core_sharers
+        self.heals = Heals("rollout.max_engine_restarts", cfg.rollout.max_engine_restarts)
+        #: Called with a replacement engine (None when the survivors took the dead one's share), its
+        #: node, and whether it must load the weights the others sample with before it serves.
+        self.on_replace: Callable[[Any | None, str | None, bool], None] | None = None
+        self.replaced: dict[Any, Any] = {}  # a dead or stuck engine -> the engine taking its calls
+        self.options: list[dict[str, Any]] = []  # per engine: how it was started (none if given)
+        self.engines, self._pgs = list(engines or []), []
+        self.node_ids: list[str | None] = [None] * len(self.engines)
         if engines is not None:
-            self.engines = list(engines)
             return
         r = cfg.rollout
-        actor = ray.remote(RolloutEngine)
-        self.engines, self._pgs = [], []
         try:
             for i in range(r.num_engines):
                 options: dict[str, Any] = {
@@ -252,14 +261,19 @@ class RolloutGroup:
                 }
                 if r.tensor_parallel_size > 1:
                     options.update(self._tensor_parallel_options(r))
-                # Engine seeds differ so unseeded engines do not draw the same samples.
-                self.engines.append(
-                    actor.options(**options).remote(cfg.model, r, cfg.run.seed + i, core_sharers)
-                )
+                self.options.append(options)
+                self.engines.append(self.start_engine(i))
             self.wait_ready()
         except BaseException:
             self.shutdown()  # no half-started group left holding CPUs/GPUs
             raise
+
+    def start_engine(self, i: int) -> Any:
+        import ray
+
+        # Engine seeds differ so unseeded engines do not draw the same samples.
+        actor = ray.remote(RolloutEngine).options(**self.options[i])
+        return actor.remote(self.cfg.model, self.cfg.rollout, self.cfg.run.seed + i, self._core_sharers)
 
     def _tensor_parallel_options(self, r: RolloutConfig) -> dict[str, Any]:
         from ray.util.placement_group import placement_group
@@ -289,40 +303,39 @@ class RolloutGroup:
         callees = [Callee(name, None, node) for name, node in zip(engines, self.node_ids)]
         return get([e.info.remote() for e in self.engines], "info", timeout_s, callees)
 
-    def submit(self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any) -> list[Any]:
-        """Contiguous slices of the items to the engines at once; returns the calls' refs (`gather`
-        waits for them). An engine runs its calls in order: a weight sync submitted later loads once
-        this call is done, so it samples with the weights it had when called."""
-        parts = [(a, b) for a, b in _split(len(items), len(self.engines)) if b > a]
-        refs = []
-        for engine, (a, b) in zip(self.engines, parts):
-            # generate*/draw number prompts (and derive seeds) from the slice's place in the request
-            offset = {"index_offset": a} if method.startswith(("generate", "draw")) else {}
-            refs.append(
-                getattr(engine, method).remote(items[a:b], *(x[a:b] for x in extra), **kwargs, **offset)
-            )
-        return refs
+    def name_of(self, engine: Any) -> str:
+        return f"rollout engine {self.engines.index(engine)}" if engine in self.engines else "rollout engine"
 
-    @staticmethod
-    def gather(refs: Sequence[Any], timeout_s: float, flat: bool = True) -> list[Any]:
-        """The results of `submit`'s calls (call i on engine i) in request order: concatenated, or
-        (`flat` False) one per call."""
-        callees = [Callee(f"rollout engine {i}") for i in range(len(refs))]
-        results = get(list(refs), "generate", timeout_s, callees)
-        return [item for chunk in results for item in chunk] if flat else results
+    def node_of(self, engine: Any) -> str | None:
+        return self.node_ids[self.engines.index(engine)] if engine in self.engines else None
+
+    def submit(
+        self, method: str, items: Sequence[Any], *extra: Sequence[Any], **kwargs: Any
+    ) -> RolloutRequest:
+        """Contiguous slices of the items to the engines at once; `results()` of the request waits
+        for them. An engine runs its calls in order: a weight sync submitted later loads once this
+        call is done, so it samples with the weights it had when called."""
+        from tandem.actors.rollout_request import RolloutRequest, Share
+
+        items = list(items)
+        request = RolloutRequest(
+            self, method, items, tuple(map(list, extra)), kwargs, self.cfg.run.timeouts.generate_s
+        )
+        for engine, (a, b) in zip(self.engines, _split(len(items), len(self.engines))):
+            if b > a:
+                request.shares.append(Share(engine, a, b, request.issue(engine, a, b)))
+        return request
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], n: int = 1, greedy: bool = False, **kwargs: Any
     ) -> list[Sample]:
         """`n` samples per prompt over all engines, prompt-major in the order of `prompt_token_ids`."""
-        refs = self.submit("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs)
-        return self.gather(refs, self.cfg.run.timeouts.generate_s)
+        return self.submit("generate", list(prompt_token_ids), n=n, greedy=greedy, **kwargs).results()
 
     def generate_text(
         self, prompts: Sequence[Any], n: int = 1, greedy: bool = True, **kwargs: Any
     ) -> list[Sample]:
-        refs = self.submit("generate_text", list(prompts), n=n, greedy=greedy, **kwargs)
-        return self.gather(refs, self.cfg.run.timeouts.generate_s)
+        return self.submit("generate_text", list(prompts), n=n, greedy=greedy, **kwargs).results()
 
     def shutdown(self) -> None:
         import ray

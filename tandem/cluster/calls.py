@@ -22,13 +22,22 @@ POLL_S = 1.0
 
 class RoleError(RuntimeError):
     """A role's actor died, raised, or did not answer a call within its deadline; the message names
-    the role, rank(s), node and call. `ActorGroupError` is this error."""
+    the role, rank(s), node and call, and `kind` says which: "died" (its process is gone), "late"
+    (past the deadline), "failed" (the call raised) or "unplaced" (no room to start it), since only
+    the first two are healed by restarting the actor. `ActorGroupError` is this error."""
 
     def __init__(
-        self, message: str, role: str, ranks: Sequence[int], call: str = "", nodes: Sequence[str] = ()
+        self,
+        message: str,
+        role: str,
+        ranks: Sequence[int],
+        call: str = "",
+        nodes: Sequence[str] = (),
+        kind: str = "failed",
     ) -> None:
         super().__init__(message)
         self.role, self.ranks, self.call, self.nodes = role, list(ranks), call, list(nodes)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,6 @@ def get(
     error's `__cause__`), or when some are still running after `timeout_s` (None: no deadline, for
     calls that only wait on others that have one)."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
 
     who = [callees] * len(refs) if isinstance(callees, Callee) else list(callees)
     if len(who) != len(refs):
@@ -65,16 +73,70 @@ def get(
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
         if not ready and deadline is not None and time.monotonic() >= deadline:
             late = [who[i] for i in sorted(pending.values())]
-            raise _error(late, f"did not finish {call!r} within {timeout_s:.0f}s", call)
+            raise _error(late, f"did not finish {call!r} within {timeout_s:.0f}s", call, "late")
         for ref in ready:
             i = pending.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-            except RayActorError as e:
-                raise _error([who[i]], f"died during {call!r}: {_first_line(e)}", call) from e
-            except RayTaskError as e:
-                raise _error([who[i]], f"failed in {call!r}: {_cause(e)}", call) from e
+            results[i] = _result(ref, call, who[i])
     return results
+
+
+def first_done(
+    refs: Sequence[Any], calls: Sequence[str], deadlines: Sequence[float | None], callees: Sequence[Callee]
+) -> tuple[int, Any, RoleError | None]:
+    """Wait for the first of `refs` to finish, fail or pass its own deadline (a `time.monotonic()`
+    time, None for none): (its index, its result, None), or (its index, None, the RoleError naming
+    it). For callers that heal one failed call and keep waiting on the others."""
+    import ray
+
+    while True:
+        now = time.monotonic()
+        for i, deadline in enumerate(deadlines):
+            if deadline is not None and now >= deadline:
+                return i, None, _error([callees[i]], f"did not finish {calls[i]!r} in time", calls[i], "late")
+        soonest = min((d for d in deadlines if d is not None), default=now + POLL_S)
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=min(POLL_S, max(0.0, soonest - now)))
+        if ready:
+            i = list(refs).index(ready[0])
+            try:
+                return i, _result(ready[0], calls[i], callees[i]), None
+            except RoleError as err:
+                return i, None, err
+
+
+def find_dead(
+    actors: Sequence[Any], callees: Sequence[Callee], wait_s: float = 0.25
+) -> list[tuple[int, RoleError]]:
+    """(index, RoleError) of those of `actors` found dead, by a no-op call each: a dead actor's fails
+    at once, a live one's answers or (busy) waits its turn; not waited for past `wait_s`."""
+    import ray
+
+    refs = [a.__ray_call__.remote(_nothing) for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    dead = []
+    for ref in ready:
+        i = refs.index(ref)
+        try:
+            _result(ref, "probe", callees[i])
+        except RoleError as err:
+            dead.append((i, err))
+    return dead
+
+
+def _nothing(actor_self: Any) -> None:
+    return None
+
+
+def _result(ref: Any, call: str, callee: Callee) -> Any:
+    """The result of a finished call; RoleError if its actor died or it raised."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayActorError as e:
+        raise _error([callee], f"died during {call!r}: {_first_line(e)}", call, "died") from e
+    except RayTaskError as e:
+        raise _error([callee], f"failed in {call!r}: {_cause(e)}", call) from e
 
 
 def get_one(ref: Any, call: str, timeout_s: float | None, callee: Callee) -> Any:
@@ -89,7 +151,7 @@ def node_of(actor_self: Any) -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _error(callees: list[Callee], what: str, call: str) -> RoleError:
+def _error(callees: list[Callee], what: str, call: str, kind: str = "failed") -> RoleError:
     first = callees[0]
     ranks = [c.rank for c in callees if c.rank is not None]
     if first.rank is None or len(callees) == 1:
@@ -98,7 +160,7 @@ def _error(callees: list[Callee], what: str, call: str) -> RoleError:
         who = f"{first.role}: rank(s) {ranks}"
     nodes = [c.node_id for c in callees if c.node_id]
     where = f" (node {', '.join(sorted({_address(n) for n in nodes}))})" if nodes else ""
-    return RoleError(f"{who} {what}{where}", first.role, ranks, call, nodes)
+    return RoleError(f"{who} {what}{where}", first.role, ranks, call, nodes, kind)
 
 
 def _address(node_id: str) -> str:

@@ -120,6 +120,7 @@ def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: 
                 names[0],
                 [],
                 "startup",
+                kind="unplaced",
             )
     return nodes
 

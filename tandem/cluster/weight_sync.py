@@ -217,11 +217,12 @@ class WeightSync:
             offset += n
         get(refs, "weight sync setup", self.timeout_s, self._learner_callees + self._engine_callees)
 
-    def sync(self) -> list[int]:
-        """Stream the learner's current weights into every engine; returns the engines' new versions."""
+    def sync(self, version: int | None = None) -> list[int]:
+        """Stream the learner's current weights into every engine; returns the engines' new versions
+        (`version`, else each one's next)."""
         if self._store is None:
             self.setup()
-        receives = [engine.receive_weights.remote() for engine in self.engines]
+        receives = [engine.receive_weights.remote(version) for engine in self.engines]
         sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
         # Fails at the first member to fail: the others would sit in the broadcast until its timeout.
         # The group is then unusable (its members time out): the job's roles are restarted.

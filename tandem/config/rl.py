@@ -51,6 +51,10 @@ class RolloutConfig(_Section):
     """Weight-sync bucket size, MiB."""
     resources: dict[str, float] = {}
     """Ray custom resources each engine needs (pins engines to chosen nodes)."""
+    max_engine_restarts: int = Field(3, ge=0)
+    """`tandem ppo`: engines that died or missed their deadline healed in place per start of the
+    job's roles: a new engine (or, with no room for one, the others) takes the lost calls, with the
+    current weights, and the step goes on. Past it, the whole job restarts (see run.max_restarts)."""
 
 
 class RewardComponent(_Section):
@@ -162,7 +166,8 @@ class PPOConfig(_Section):
     rewards' scale, the learning rate): each is skipped on every rank (the weights stay finite, so
     the engines never load a non-finite one; a warning and `actor/nonfinite_skipped`, the share of
     the step's optimizer steps skipped); this many in a row end the job. A reward function that
-    returns NaN/inf is an error at once (a RewardError naming it)."""
+    returns NaN/inf for a sample skips the step's updates instead (a warning and
+    `faults/nonfinite_reward_steps`); this many such steps in a row end the job."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
     colocate: list[Literal["critic", "reference", "reward"]] = []

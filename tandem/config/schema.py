@@ -54,6 +54,10 @@ class RunConfig(_Section):
     max_restarts: int = Field(3, ge=0)
     """`tandem ppo`: times a job whose role died, failed or missed a deadline restarts every role from
     its newest checkpoint (a user error, or the same failure at the same step twice, is not retried)."""
+    max_actor_restarts: int = Field(3, ge=0)
+    """`tandem ppo`: times the reward or the reference actor, when it died or missed its deadline, is
+    started again alone (reloading its model) and its call issued again, per start of the job's
+    roles; past it, the whole job restarts (run.max_restarts)."""
     timeouts: TimeoutsConfig = TimeoutsConfig()
     """Deadlines of remote calls, by kind."""
 

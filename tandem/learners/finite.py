@@ -13,6 +13,7 @@ schedule still advances one step.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +73,35 @@ class FiniteGuard:
                 "raise ppo.max_nonfinite_steps"
             )
         return 1.0
+
+
+class RewardGuard:
+    """The driver's side of the same rule for rewards: a step whose scores hold a NaN/inf (a reward
+    function or model gone wrong for some sample) trains nothing, since one such score spoils every
+    advantage of its group and the KL controller; `limit` such steps in a row end the job."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def check(self, scores: torch.Tensor, step: int) -> bool:
+        """True when every score is finite; else counts a skipped step, warns, and raises
+        NonFiniteError at `limit` in a row."""
+        bad = int((~torch.isfinite(scores)).sum())
+        if not bad:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        print(
+            f"tandem: warning: step {step}: {bad} of {len(scores)} rewards are NaN/inf, so the step's "
+            f"updates are skipped ({self.in_a_row} in a row of at most {self.limit}, ppo.max_nonfinite_steps)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.in_a_row >= self.limit:
+            raise NonFiniteError(
+                f"{self.in_a_row} steps in a row had NaN/inf rewards (step {step}: {bad} of "
+                f"{len(scores)} samples), so training stopped; check the reward function or model "
+                "(`reward.components`), or raise ppo.max_nonfinite_steps"
+            )
+        return False

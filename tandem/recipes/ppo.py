@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import contextmanager
+from math import nan
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from tandem.algos import make_kl_controller
 from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder, load_prompts
+from tandem.learners.finite import RewardGuard
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
@@ -82,6 +84,7 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         max_steps=p.steps,
         seed=cfg.run.seed,
     )
+    rewards = RewardGuard(p.max_nonfinite_steps)
     ahead: dict[int, Generation] = {}  # step -> its batch, being drawn or drawn
     if run.resume_from is not None:
         state = roles.restore(run.resume_from)
@@ -104,31 +107,18 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         start(step + 1, step + p.max_staleness)  # drawn while this batch is scored and trained
         with timed(t, "score", cpu):
             true_rewards = roles.score(batch)
-        with timed(t, "advantages", cpu):
-            kl_metrics = compute_advantages(
-                batch,
-                estimator=p.advantage,
-                kl_estimator=p.kl_estimator,
-                kl_coef=kl_ctl.value,
-                group_size=p.samples_per_prompt,
-                gamma=p.gamma,
-                lam=p.lam,
-            )
-        metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
-        staleness = torch.tensor([step - 1 - v for v in batch.weight_versions], dtype=torch.float32)
-        metrics |= {
-            "offpolicy/staleness_mean": staleness.mean().item(),
-            "offpolicy/staleness_max": staleness.max().item(),
-        }
-        if roles.critic is not None:
-            with timed(t, "critic_update", cpu):
-                metrics |= roles.update("critic", batch)
-        with timed(t, "policy_update", cpu):
-            metrics |= roles.update("policy", batch)
+        if rewards.check(batch.scores, step):
+            metrics = _learn(cfg, roles, batch, true_rewards, kl_ctl, t, cpu, step)
+        else:  # nothing trained: the weights and KL controller stay; the sync still counts the step
+            metrics = {"reward/nonfinite_frac": (~torch.isfinite(batch.scores)).float().mean().item()}
         with timed(t, "weight_sync", cpu):
             roles.sync_weights()
-        kl_ctl.update(kl_metrics["kl/mean"], len(batch))
-        metrics |= kl_metrics | t | _throughput(batch, t) | cpu.utilisation()
+        metrics |= {
+            "faults/engine_restarts": roles.rollout.heals.count,
+            "faults/actor_restarts": roles.actor_heals.count,
+            "faults/nonfinite_reward_steps": rewards.skipped,
+        }
+        metrics |= t | _throughput(batch, t) | cpu.utilisation()
         metrics |= _overhead(metrics, time.perf_counter() - step_started)
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
@@ -139,7 +129,9 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
                 step=step,
             )
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{kl_metrics['kl/mean']:.3f}")
+        bar.set_postfix(
+            reward=f"{metrics.get('reward/mean', nan):.3f}", kl=f"{metrics.get('kl/mean', nan):.3f}"
+        )
         stopping = stop_after is not None and step >= stop_after
         if step == p.steps or stopping or (p.save_every and step % p.save_every == 0):
             # The policy's layout too: `start_run` refuses to resume it under another (a clear error,
@@ -161,18 +153,55 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
     return step
 
 
+def _learn(
+    cfg: Config,
+    roles: Roles,
+    batch: RolloutBatch,
+    true_rewards: list[float] | None,
+    kl_ctl: Any,
+    t: dict[str, float],
+    cpu: CpuClock,
+    step: int,
+) -> dict[str, float]:
+    """Advantages, then the critic's and the policy's updates on `batch`; their metrics."""
+    p = cfg.ppo
+    with timed(t, "advantages", cpu):
+        kl_metrics = compute_advantages(
+            batch,
+            estimator=p.advantage,
+            kl_estimator=p.kl_estimator,
+            kl_coef=kl_ctl.value,
+            group_size=p.samples_per_prompt,
+            gamma=p.gamma,
+            lam=p.lam,
+        )
+    metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
+    staleness = torch.tensor([step - 1 - v for v in batch.weight_versions], dtype=torch.float32)
+    metrics |= {
+        "offpolicy/staleness_mean": staleness.mean().item(),
+        "offpolicy/staleness_max": staleness.max().item(),
+    }
+    if roles.critic is not None:
+        with timed(t, "critic_update", cpu):
+            metrics |= roles.update("critic", batch)
+    with timed(t, "policy_update", cpu):
+        metrics |= roles.update("policy", batch)
+    kl_ctl.update(kl_metrics["kl/mean"], len(batch))
+    return metrics | kl_metrics
+
+
 def _overhead(m: dict[str, float], wall: float) -> dict[str, float]:
     """Orchestration's share of a step: the driver's time outside every stage, plus, in the update
     stages, the time the learners were not computing (shipping rows, waiting on calls)."""
     stages = sum(m[k] for k in m if k.startswith("timing/") and k != "timing/step")
-    update = m["timing/policy_update"] + m.get("timing/critic_update", 0.0)
-    learners = m["perf/actor_learner_s"] + m.get("perf/critic_learner_s", 0.0)
+    update = m.get("timing/policy_update", 0.0) + m.get("timing/critic_update", 0.0)
+    learners = m.get("perf/actor_learner_s", 0.0) + m.get("perf/critic_learner_s", 0.0)
     return {"perf/overhead_frac": (wall - stages + max(update - learners, 0.0)) / wall}
 
 
 def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
     tokens = float(batch.lengths().sum())
-    train_s = t["timing/policy_update"] + t.get("timing/critic_update", 0.0)
+    train_s = t.get("timing/policy_update", 0.0) + t.get("timing/critic_update", 0.0)
     step_s = sum(t.values())
     return {
         "perf/generate_tokens_per_s": tokens / max(t["timing/generate"], 1e-9),

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
-from tandem.config import TimeoutsConfig
 
 if TYPE_CHECKING:
+    from tandem.actors.rollout_request import RolloutRequest
     from tandem.actors.samples import SampleBatch
 
 
@@ -181,7 +181,7 @@ def rollout_metrics(batch: RolloutBatch, true_rewards: Sequence[float] | None) -
 
 
 class Generation:
-    """One step's samples: being drawn by the engines (`refs`), or already drawn (`drawn`, e.g.
+    """One step's samples: being drawn by the engines (`request`), or already drawn (`drawn`, e.g.
     restored from a checkpoint). Weight versions are the policy's: the engines count syncs since they
     started, which after a resume is `version_offset` behind."""
 
@@ -190,23 +190,22 @@ class Generation:
         step: int,
         prompt_ids: list[list[int]],
         prompt_texts: list[str],
-        refs: list[Any] | None = None,
+        request: RolloutRequest | None = None,
         drawn: SampleBatch | None = None,
         version_offset: int = 0,
-        timeout_s: float = TimeoutsConfig().generate_s,
     ) -> None:
         self.step, self.prompt_ids, self.prompt_texts = step, prompt_ids, prompt_texts
-        self._refs, self._drawn = refs, drawn
-        self.version_offset, self.timeout_s = version_offset, timeout_s
+        self._request, self._drawn = request, drawn
+        self.version_offset = version_offset
 
     def result(self) -> SampleBatch:
-        from tandem.actors.rollout import RolloutGroup
+        """The samples; an engine lost meanwhile is healed and its prompts drawn again (see
+        `tandem.actors.rollout_request`)."""
         from tandem.actors.samples import SampleBatch
 
         if self._drawn is None:
-            self._drawn = SampleBatch.concat(
-                RolloutGroup.gather(self._refs or [], self.timeout_s, flat=False)
-            )
+            assert self._request is not None
+            self._drawn = SampleBatch.concat(self._request.results(flat=False))
             self._drawn.weight_versions += self.version_offset
         return self._drawn
 

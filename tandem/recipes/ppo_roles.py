@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
 import torch
 
 from tandem.algos import ADV_ESTIMATORS, get_adv_est
-from tandem.cluster.calls import Callee, get_one
 from tandem.cluster.groups import ActorGroup
 from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
@@ -59,8 +59,7 @@ class Roles:
         from tandem.actors.reference import make_reference_actor
         from tandem.actors.reward import make_reward_actor
         from tandem.actors.rollout import RolloutGroup
-        from tandem.cluster.groups import wait_ready
-        from tandem.cluster.weight_sync import WeightSync
+        from tandem.cluster.healing import Heals, Restartable
         from tandem.learners.ppo import CriticLearner, PolicyLearner
         from tandem.models import load_tokenizer, resolve_model
 
@@ -101,39 +100,46 @@ class Roles:
                 value_clip_eps=p.value_clip_eps,
             )
         self.rollout = RolloutGroup(cfg, core_sharers=sharers)
+        self.rollout.on_replace = self._engine_replaced
         self._groups.append(self.rollout)
-        self.reward = make_reward_actor(cfg, rm_path, (shared, 0) if "reward" in p.colocate else None)
-        self.reference = make_reference_actor(
-            cfg,
-            path,
-            cfg.reference.cpus,
-            cfg.reference.gpus,
-            (shared, 0) if "reference" in p.colocate else None,
-        )
-        self._actors = [self.reward, self.reference]
+        # The reward and reference actors: healed in place (started again, the call issued again).
+        heals = self.actor_heals = Heals("run.max_actor_restarts", cfg.run.max_actor_restarts)
+        co, startup_s = {r: (shared, 0) for r in p.colocate}, cfg.run.timeouts.startup_s
+        start = partial(make_reward_actor, cfg, rm_path, co.get("reward"))
+        self.reward = Restartable("reward actor", start, _asks(cfg.reward), startup_s, heals)
+        start = partial(make_reference_actor, cfg, path, placement=co.get("reference"))
+        self.reference = Restartable("reference actor", start, _asks(cfg.reference), startup_s, heals)
+        self._groups += [self.reward, self.reference]
         # Both groups set up at once; each collects its own ranks' answers.
         setups = [(g, g.async_call("setup")) for g in (self.policy, self.critic) if g is not None]
         for group, refs in setups:
             group.collect(refs, "setup")
-        self.nodes: dict[str, str] = {}  # single actors' Ray node ids, for errors naming where
-        for name, actor, section in (
-            ("reward actor", self.reward, cfg.reward),
-            ("reference actor", self.reference, cfg.reference),
-        ):
-            asks = {"CPU": section.cpus, "GPU": section.gpus}
-            self.nodes |= wait_ready({name: actor}, asks, cfg.run.timeouts.startup_s)
-        self.weight_sync = WeightSync(
-            self.policy,
-            self.rollout.engines,
-            cfg.rollout.sync_bucket_mb,
-            cfg.run.timeouts.sync_s,
-            self.rollout.node_ids,
-        )
+        self.reward.ready()
+        self.reference.ready()
+        self.weight_sync = self._weight_sync()
         self.weight_sync.setup()
         self.version = 0  # weight syncs done: the version the engines sample with
         # The policy version (optimizer steps taken) is version + version_offset: a resumed job's
         # fresh engines count from 0 again.
         self.version_offset = 0
+
+    def _weight_sync(self, engines: list | None = None, nodes: list | None = None) -> Any:
+        """The broadcast group from the policy to `engines` (default: every engine in service)."""
+        from tandem.cluster.weight_sync import WeightSync
+
+        engines, nodes = engines or self.rollout.engines, nodes or self.rollout.node_ids
+        return WeightSync(
+            self.policy, engines, self.cfg.rollout.sync_bucket_mb, self.cfg.run.timeouts.sync_s, nodes
+        )
+
+    def _engine_replaced(self, engine: Any | None, node: str | None, armed: bool) -> None:
+        """A new engine, `armed`, first loads the weights and version the others sample with (only
+        when called between a sync and the next update, when the policy holds those weights; at
+        version 0 it started with them). The broadcast group is made again, over the engines now
+        in service, at the next sync."""
+        if engine is not None and armed and self.version > 0:
+            self._weight_sync([engine], [node]).sync(self.version)
+        self.weight_sync = self._weight_sync()
 
     def _colocated_placement(self) -> Any:
         """The policy's placement group, sized for the roles `ppo.colocate` puts in it; None when
@@ -212,14 +218,9 @@ class Roles:
         # Cut as the engines cut (from the left; only with data.truncate_prompts, else checked at load).
         ids = [prompt_ids(self.tokenizer, q)[-self.cfg.model.max_prompt_len :] for q in prompts]
         seed = random.Random(self.cfg.run.seed * 1_000_003 + step).randrange(1 << 31)
-        refs = self.rollout.submit("draw", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
+        request = self.rollout.submit("draw", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
         return Generation(
-            step,
-            ids,
-            [prompt_text(q) for q in prompts],
-            refs=refs,
-            version_offset=self.version_offset,
-            timeout_s=self.cfg.run.timeouts.generate_s,
+            step, ids, [prompt_text(q) for q in prompts], request=request, version_offset=self.version_offset
         )
 
     def finish_generation(self, gen: Generation) -> RolloutBatch:
@@ -257,23 +258,18 @@ class Roles:
             behaviour_logprobs=batch.rollout_logprobs,
         )
         batch.rows = ray.put(rows)
-        reward_ref = self.reward.score.remote(batch.prompts, batch.responses)
-        ref_ref = self.reference.logprobs.remote(batch.rows)
+        reward_call = self.reward.submit("score", batch.prompts, batch.responses)
+        ref_call = self.reference.submit("logprobs", batch.rows)
         policy_refs = critic_refs = None
         if self.needs_old_logprobs():
             policy_refs = self.policy.async_call_per_rank("logprobs", _shards(self.policy, batch))
         if self.critic is not None:
             critic_refs = self.critic.async_call_per_rank("values", _shards(self.critic, batch))
         deadline = self.cfg.run.timeouts.score_s
-        result = get_one(
-            reward_ref, "score", deadline, Callee("reward actor", None, self.nodes["reward actor"])
-        )
+        result = self.reward.result(reward_call, deadline)
         batch.scores = torch.tensor(result.total, dtype=torch.float32)
         batch.reward_components = {k: torch.tensor(v) for k, v in result.components.items()}
-        ref = get_one(
-            ref_ref, "logprobs", deadline, Callee("reference actor", None, self.nodes["reference actor"])
-        )
-        batch.ref_logprobs = widen(ref, width)
+        batch.ref_logprobs = widen(self.reference.result(ref_call, deadline), width)
         if policy_refs is not None:
             batch.old_logprobs = widen(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
         if critic_refs is not None:
@@ -317,8 +313,12 @@ class Roles:
 
     def sync_weights(self) -> None:
         """Stream the policy's weights to every engine; they then sample with the new version (once
-        the generations submitted before this call are done)."""
-        versions = self.weight_sync.sync()
+        the generations submitted before this call are done). An engine found dead first is
+        replaced, and loads them with the others."""
+        from tandem.actors.rollout_request import heal_dead
+
+        heal_dead(self.rollout)
+        versions = self.weight_sync.sync(self.version + 1)
         self.version += 1
         if set(versions) != {self.version}:
             raise RuntimeError(f"engines report weight versions {versions} after sync {self.version}")
@@ -351,15 +351,10 @@ class Roles:
         """Stop every role and free its placement groups, each even if another fails (a dead actor)."""
         import contextlib
 
-        import ray
-
         for group in self._groups:
             with contextlib.suppress(Exception):
                 group.shutdown()
-        for actor in getattr(self, "_actors", []):
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
-        self._groups, self._actors = [], []
+        self._groups = []
         if self._placement is not None:  # after its actors: a group in use cannot go
             from ray.util.placement_group import remove_placement_group
 
@@ -377,6 +372,10 @@ class Roles:
 def _shards(group: ActorGroup, batch: RolloutBatch) -> list[tuple]:
     """Per rank: (the batch's rows ref, this rank's row indices)."""
     return [(batch.rows, s) for s in shard(list(range(len(batch))), group.world_size)]
+
+
+def _asks(section: Any) -> dict[str, float]:
+    return {"CPU": section.cpus, "GPU": section.gpus}
 
 
 def _task_reward(cfg: Config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -70,6 +71,17 @@ def test_bad_reward_functions_are_named(name, message):
     scorer = RewardScorer([RewardComponent(kind="function", path=fn(name), name="bad")])
     with pytest.raises(RewardError, match=message):
         scorer.score(PROMPTS, RESPONSES)
+
+
+def test_ppo_reward_actor_lets_nan_through_for_the_driver_to_skip():
+    """`allow_nonfinite` (PPO's reward actor): NaN reaches the driver, which skips the step's update;
+    the other failures stay errors."""
+    component = [RewardComponent(kind="function", path=fn("nan_reward"), name="bad", weight=2.0)]
+    result = RewardScorer(component, allow_nonfinite=True).score(PROMPTS, RESPONSES)
+    assert result.total[0] == 2.0 and math.isnan(result.total[1]) and math.isnan(result.components["bad"][1])
+    short = [RewardComponent(kind="function", path=fn("short_reward"), name="bad")]
+    with pytest.raises(RewardError, match="returned 1 values for 3 samples"):
+        RewardScorer(short, allow_nonfinite=True).score(PROMPTS, RESPONSES)
 
 
 def test_config_errors():

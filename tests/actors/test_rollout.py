@@ -126,3 +126,43 @@ def test_long_prompts_are_truncated_from_the_left(group):
     long_prompt = list(range(10, 10 + 3 * CFG.model.max_prompt_len))
     (sample,) = group.generate([long_prompt], max_tokens=2)
     assert sample.prompt_ids == long_prompt[-CFG.model.max_prompt_len :]
+
+
+def _pid(engine) -> int:
+    import os
+
+    from tandem.cluster.calls import Callee, get_one
+
+    return get_one(engine.__ray_call__.remote(lambda _: os.getpid()), "pid", 60, Callee("e"))
+
+
+def _kill(pid: int) -> None:
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_engine_heals_and_its_prompts_get_the_same_samples(group, prompt_ids, capsys):
+    """kill -9 of an engine mid-request: a new engine in its place draws its prompts again, with their
+    seeds, so the request answers exactly the uninterrupted samples; with no room for a new one, the
+    surviving engine takes the share, with the same result. (Last in the module: it changes `group`.)"""
+    expected = group.generate(prompt_ids, n=2, seed=11)
+    dead = group.engines[0]
+    pid = _pid(dead)  # before the request: it answers once its call is done
+    request = group.submit("generate", prompt_ids, n=2, seed=11)
+    _kill(pid)
+    assert request.results() == expected
+    assert group.heals.count == 1 and dead not in group.engines and len(group.engines) == 2
+    assert [i["weight_version"] for i in group.wait_ready()] == [0, 0]
+    assert "rollout engine 0 died during 'generate'" in capsys.readouterr().err
+    # No room for another engine (a resource no node has) within the startup deadline: the other
+    # engine draws the dead one's slice as well.
+    group.cfg = Config.model_validate({**CFG.model_dump(), "run": {"timeouts": {"startup_s": 2}}})
+    group.options[0] = {**group.options[0], "resources": {"no_such_node": 1}}
+    pid = _pid(group.engines[0])
+    request = group.submit("generate", prompt_ids, n=2, seed=11)
+    _kill(pid)
+    assert request.results() == expected
+    assert group.heals.count == 2 and len(group.engines) == 1
+    assert "the other 1 engine(s) take its share" in capsys.readouterr().err

@@ -42,8 +42,8 @@ def main(out: str, run_dir: str) -> None:
             placement["policy"] = [_node_id(a) for a in self.policy.actors]
             placement["policy_bundles"] = list(self.policy.node_ids)
             placement["rollout"] = [_node_id(e) for e in self.rollout.engines]
-            placement["reward"] = [_node_id(self.reward)]
-            placement["reference"] = [_node_id(self.reference)]
+            placement["reward"] = [_node_id(self.reward.actor)]
+            placement["reference"] = [_node_id(self.reference.actor)]
             placement["driver"] = [ray.get_runtime_context().get_node_id()]
 
     ppo.Roles = PlacedRoles  # `ppo.run` starts the roles through this name

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ray import cloudpickle
 
-from tandem.cluster.calls import Callee, RoleError, get, get_one, node_of
+from tandem.cluster.calls import Callee, RoleError, find_dead, first_done, get, get_one, node_of
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -85,4 +85,27 @@ def test_a_death_fails_at_once_naming_the_dead_one(ray_session):
             [Callee("ref"), Callee("reward actor")],
         )
     assert time.monotonic() - started < 30 and err.value.role == "reward actor"
+    assert err.value.kind == "died"
     ray.kill(survivor)
+
+
+def test_first_done_answers_each_call_its_own_way(ray_session):
+    """The first call to end, as a result, a death or its own missed deadline, named; the others keep
+    running (what a healing caller needs)."""
+    import ray
+
+    doomed, napper = (ray.remote(Slow).options(num_cpus=0.1).remote() for _ in range(2))
+    callees = [Callee("fast"), Callee("doomed"), Callee("late")]
+    now = time.monotonic()
+    refs = [napper.nap.remote(0.1), doomed.die.remote(), napper.nap.remote(30)]
+    i, result, err = first_done(refs[:1] + refs[2:], ["nap"] * 2, [now + 30, now + 30], callees[::2])
+    assert (i, result, err) == (0, 0.1, None)
+    i, result, err = first_done(refs[1:], ["die", "nap"], [now + 60, None], callees[1:])
+    assert (i, result, err.kind, err.role) == (0, None, "died", "doomed")
+    late = time.monotonic()
+    i, result, err = first_done(refs[2:], ["nap"], [late + 1.5], callees[2:])
+    assert (i, err.kind, str(err)) == (0, "late", "late did not finish 'nap' in time")
+    assert time.monotonic() - late < 5
+    # The busy napper (its 30 s nap queued the probe) is not taken for dead.
+    assert [(i, e.kind) for i, e in find_dead([napper, doomed], callees[:2])] == [(1, "died")]
+    ray.kill(napper)

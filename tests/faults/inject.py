@@ -1,6 +1,7 @@
 """Fault injection for tests/faults and bench/faults.py: `Roles` that kill -9 one of their own
 processes (a rollout engine, the reward or reference actor, a learner rank) once, at a chosen step,
-and note when the driver noticed and when the job was back."""
+and note when the driver noticed and when the job was back: healed in place (the role alone started
+again) or restarted (every role, from the newest checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from tandem.recipes.ppo_roles import Roles
 
 @dataclass
 class Fault:
-    """kill -9 `target` ("engine", "reward", "reference" or "policy:RANK") during `step`."""
+    """kill -9 `target` during `step`: "engine" (engine 0, mid-generation), "engine:idle" (engine 0
+    during the policy update, so the weight sync finds it dead), "reward" or "reference" (mid-score),
+    "policy:RANK" (mid-update)."""
 
     target: str
     step: int
     killed_at: float | None = None  # time.time() of the kill
-    detected_at: float | None = None  # the first role shutdown after it (the driver saw the failure)
+    detected_at: float | None = None  # the driver saw the failure (a heal began, or roles stopped)
     restarted_at: float | None = None  # every role up again (new Roles built)
+    healed_at: float | None = None  # the role alone started again and its call issued again
 
 
 def _pid(actor) -> int:
@@ -38,38 +42,63 @@ class FaultyRoles(Roles):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Read now: a busy actor answers only after its running call.
-        self.pids = {
-            "engine": _pid(self.rollout.engines[0]),
-            "reward": _pid(self.reward),
-            "reference": _pid(self.reference),
-            **{f"policy:{r}": _pid(a) for r, a in enumerate(self.policy.actors)},
-        }
+        self.pids = {f"policy:{r}": _pid(a) for r, a in enumerate(self.policy.actors)}
+        self._read_pids()
         self._step = 0
         for fault in self.faults.get(self.cfg.run.name, []):
             if fault.detected_at is not None and fault.restarted_at is None:
                 fault.restarted_at = time.time()
         FaultyRoles.made.append(self)
 
-    def _strike(self, where: str) -> None:
+    def _read_pids(self) -> None:
+        """The single actors' pids, read while they are idle (again after one was healed)."""
+        self.pids |= {
+            "engine": _pid(self.rollout.engines[0]),
+            "reward": _pid(self.reward.actor),
+            "reference": _pid(self.reference.actor),
+        }
+        self.pids["engine:idle"] = self.pids["engine"]
+
+    def _strike(self, *targets: str) -> None:
         for fault in self.faults.get(self.cfg.run.name, []):
-            if fault.killed_at is None and fault.step == self._step and fault.target.startswith(where):
+            kind = "policy" if fault.target.startswith("policy:") else fault.target
+            if fault.killed_at is None and fault.step == self._step and kind in targets:
                 os.kill(self.pids[fault.target], signal.SIGKILL)
                 fault.killed_at = time.time()
+
+    def _note_heals(self) -> None:
+        """Faults healed in place: the heal that followed each kill."""
+        heals = sorted(self.rollout.heals.events + self.actor_heals.events, key=lambda h: h.detected_at)
+        for fault in self.faults.get(self.cfg.run.name, []):
+            if fault.killed_at is not None and fault.detected_at is None:
+                heal = next((h for h in heals if h.detected_at >= fault.killed_at), None)
+                if heal is not None:
+                    fault.detected_at, fault.healed_at = heal.detected_at, heal.healed_at
 
     def finish_generation(self, gen):
         self._step = gen.step
         self._strike("engine")  # its generate call is in flight (started just before)
-        return super().finish_generation(gen)
+        try:
+            return super().finish_generation(gen)
+        finally:
+            self._note_heals()
 
     def score(self, batch):
-        self._strike("reward")
-        self._strike("reference")
-        return super().score(batch)
+        self._strike("reward", "reference")
+        try:
+            return super().score(batch)
+        finally:
+            self._note_heals()
 
     def update(self, role, batch):
         if role == "policy":
-            self._strike("policy")
+            self._strike("policy", "engine:idle")
         return super().update(role, batch)
+
+    def sync_weights(self) -> None:
+        super().sync_weights()
+        self._note_heals()
+        self._read_pids()  # every actor idle now (engines just loaded the weights)
 
     def shutdown(self) -> None:
         for fault in self.faults.get(self.cfg.run.name, []):

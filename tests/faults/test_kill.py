@@ -1,9 +1,13 @@
-"""kill -9 of a real process mid-run: a rollout engine, the reward actor, one rank of a ZeRO-3 policy
-group of 2 (in-process driver, `tandem.recipes.ppo.run`), and the driver itself between steps (the
-CLI in a subprocess, then `--resume`). Each job finishes its steps, logs each step once, and ends with
-the per-step metrics and final weights of an uninterrupted run with the same seeds: a restart resumes
-exactly from the newest checkpoint, so the steps after it are computed again identically. Nothing is
-left behind: no role's process, no placement group.
+"""kill -9 of a real process mid-run: a rollout engine (mid-generation, and idle before a weight
+sync), the reward and the reference actor, one rank of a ZeRO-3 policy group of 2 (in-process
+driver, `tandem.recipes.ppo.run`), and the driver itself between steps (the CLI in a subprocess, then
+`--resume`). Each job finishes its steps, logs each step once, and ends with the per-step metrics,
+samples and final weights of an uninterrupted run with the same seeds. Engines and the reward and
+reference actors heal in place (no job restart): a new engine gets the current weights and version
+before it draws the lost prompts again with their own seeds, so it draws the same samples. A dead
+learner rank restarts every role from the newest checkpoint, which resumes exactly, so the steps
+after it are computed again identically. Nothing is left behind: no role's process, no placement
+group.
 """
 
 from __future__ import annotations
@@ -56,10 +60,17 @@ JOB = [
     "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
 ]
 KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean", "actor/grad_norm")
-#: run name -> the faults it gets: the reward actor at step 2, before any checkpoint (a restart from
-#: step 0), then the engine mid-generation of step 3 (from the step-2 checkpoint); policy rank 1
-#: mid-update of step 3, its ZeRO-3 peer blocked in a collective with it (from the step-2 checkpoint).
-FAULTS = {"actors": [("reward", 2), ("engine", 3)], "learner": [("policy:1", 3)]}
+#: run name -> the faults it gets, healed in place: the reference actor mid-score of step 1, the reward
+#: actor mid-score of step 2, the engine idle during step 2's update (found dead by the weight sync,
+#: which loads its replacement), its replacement mid-generation of step 3 (the next replacement loads
+#: the step-2 weights, then draws the lost prompts). Restarted: policy rank 1 mid-update of step 3,
+#: its ZeRO-3 peer blocked in a collective with it (every role, from the step-2 checkpoint).
+FAULTS = {
+    "actors": [("reference", 1), ("reward", 2), ("engine:idle", 2), ("engine", 3)],
+    "learner": [("policy:1", 3)],
+}
+#: run name -> (job restarts, engines healed, reward/reference actors healed).
+RECOVERY = {"straight": (0, 0, 0), "actors": (0, 2, 2), "learner": (1, 0, 0)}
 ROLE_CLASSES = ("RolloutEngine", "RewardScorer", "ReferenceModel", "PolicyLearner", "CriticLearner")
 
 
@@ -116,16 +127,22 @@ def killed(ray_session, tmp_path_factory):
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_a_killed_role_heals_to_the_uninterrupted_run(killed, name):
     root, summaries = killed
+    restarts, engines, actors = RECOVERY[name]
     for fault in FaultyRoles.faults[name]:
-        assert None not in (fault.killed_at, fault.detected_at, fault.restarted_at), fault
-    assert summaries[name]["steps"] == STEPS and summaries[name]["restarts"] == len(FAULTS[name])
+        recovered = fault.healed_at if not restarts else fault.restarted_at
+        assert None not in (fault.killed_at, fault.detected_at, recovered), fault
+    assert summaries[name]["steps"] == STEPS and summaries[name]["restarts"] == restarts
     assert summaries["straight"]["restarts"] == 0
     rows, straight = _rows(root / name), _rows(root / "straight")
     assert [r["step"] for r in rows] == [r["step"] for r in straight] == list(range(1, STEPS + 1))
     for row, expected in zip(rows, straight):
         assert {k: row[k] for k in KEYS} == {k: expected[k] for k in KEYS}, row["step"]
+    last = rows[-1]
+    assert (last["faults/engine_restarts"], last["faults/actor_restarts"]) == (engines, actors)
+    # One samples table per step (the recomputed ones not twice), each the uninterrupted run's: the
+    # prompts drawn again by a new engine got the samples the killed one would have drawn.
     tables = [line for line in (root / name / "samples.jsonl").read_text().splitlines() if line]
-    assert len(tables) == STEPS  # one samples table per step, the recomputed ones not twice
+    assert tables == (root / "straight" / "samples.jsonl").read_text().splitlines()
     wa, wb = _final_weights(root / "straight"), _final_weights(root / name)
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
@@ -138,7 +155,7 @@ def test_nothing_is_left_behind(killed):
     assert not live
     # Every role of every attempt (the killed ones' first attempts included) was stopped.
     made = [r.cfg.run.name for r in FaultyRoles.made]
-    assert {name: made.count(name) for name in FAULTS} == {n: 1 + len(f) for n, f in FAULTS.items()}
+    assert {name: made.count(name) for name in FAULTS} == {n: 1 + RECOVERY[n][0] for n in FAULTS}
 
 
 def test_driver_killed_between_steps_resumes_to_the_uninterrupted_run(killed, tmp_path):

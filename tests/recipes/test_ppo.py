@@ -90,8 +90,8 @@ class RecordingRoles(Roles):
             for name, actors in (
                 ("policy", self.policy.actors),
                 ("critic", self.critic.actors if self.critic else []),
-                ("reference", [self.reference]),
-                ("reward", [self.reward]),
+                ("reference", [self.reference.actor]),
+                ("reward", [self.reward.actor]),
                 ("engines", self.rollout.engines),
             )
         }
