@@ -67,12 +67,30 @@ def _gathered(params: list[torch.nn.Parameter]) -> Any:
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
+def _check_finite(learner: Any) -> None:
+    """Never stream a non-finite weight: every rank checks its own parameters (under ZeRO-3 its
+    partition) and the ranks agree before anything is sent, so no engine loads one, nor is left
+    mid-stream. (The optimizer's guard, `tandem.learners.finite`, keeps them from arising.)"""
+    from tandem.learners.finite import NonFiniteError
+
+    local = (getattr(p, "ds_tensor", p.data) for p in learner.model.parameters())
+    bad = [float(not all(bool(torch.isfinite(t).all()) for t in local))]
+    if hasattr(learner, "_all_reduce"):
+        bad = learner._all_reduce(bad, "max")
+    if bad[0] > 0:
+        raise NonFiniteError(
+            "the policy's weights hold a NaN/inf, so they were not synced to the rollout engines; "
+            "the run folder's checkpoints hold finite ones: lower the learning rate, or check the rewards"
+        )
+
+
 @torch.no_grad()
 def send_weights(learner: Any, bucket_mb: int) -> int:
     """Stream the full weights to every engine; returns the bytes sent (0 on ranks other than 0).
 
     Called on every learner rank at once, while the engines receive.
     """
+    _check_finite(learner)
     group: BroadcastGroup | None = getattr(learner, _GROUP_ATTR, None)
     if learner.rank == 0 and group is None:
         raise RuntimeError("send_weights before init_sender: call init_weight_sync first")

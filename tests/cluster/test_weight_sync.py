@@ -114,6 +114,20 @@ def test_stream_round_trip_over_gloo():
     assert sent == [sum(p.numel() * p.element_size() for _, p in expected)]
 
 
+def test_a_non_finite_weight_is_never_sent():
+    """Refused before the stream starts (no group needed: nothing reaches it)."""
+    import torch
+
+    from tandem.learners.finite import NonFiniteError
+    from tandem.learners.sync import send_weights
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(NonFiniteError, match="not synced to the rollout engines"):
+        send_weights(_Learner(model), bucket_mb=1)
+
+
 def _train_step(learners, sequences):
     prompts, responses = sequences
     examples = [{"prompt_ids": p, "response_ids": r} for p, r in zip(prompts, responses)]
