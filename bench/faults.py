@@ -47,7 +47,12 @@ def run() -> list[tuple]:
     step_s = min(logged[s + 1] - logged[s] for s in range(1, STEPS))
     heals = f"{rows[-1]['faults/engine_restarts']:.0f} engine(s), {rows[-1]['faults/actor_restarts']:.0f} actor(s)"
     table = [
-        ("steps, job restarts", f"{summary['steps']}, {summary['restarts']}", "", f"fastest step {step_s:.1f} s"),
+        (
+            "steps, job restarts",
+            f"{summary['steps']}, {summary['restarts']}",
+            "",
+            f"fastest step {step_s:.1f} s",
+        ),
         ("healed in place", heals, "", "no job restart"),
     ]
     for f in faults:

@@ -167,7 +167,7 @@ class PPOConfig(_Section):
     the engines never load a non-finite one; a warning and `actor/nonfinite_skipped`, the share of
     the step's optimizer steps skipped); this many in a row end the job. A reward function that
     returns NaN/inf for a sample skips the step's updates instead (a warning and
-    `faults/nonfinite_reward_steps`); this many such steps in a row end the job."""
+    `faults/nonfinite_reward_skipped` 1); this many such steps in a row end the job."""
     sample_table_every: int = Field(5, ge=1)
     """Log a table of (prompt, response, reward) every N steps."""
     colocate: list[Literal["critic", "reference", "reward"]] = []

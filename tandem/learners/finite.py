@@ -81,17 +81,16 @@ class RewardGuard:
     advantage of its group and the KL controller; `limit` such steps in a row end the job."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+        self.limit, self.in_a_row = limit, 0
 
     def check(self, scores: torch.Tensor, step: int) -> bool:
-        """True when every score is finite; else counts a skipped step, warns, and raises
-        NonFiniteError at `limit` in a row."""
+        """True when every score is finite; else False (the step is skipped) with a warning, or
+        NonFiniteError at the `limit`-th such step in a row."""
         bad = int((~torch.isfinite(scores)).sum())
         if not bad:
             self.in_a_row = 0
             return True
         self.in_a_row += 1
-        self.skipped += 1
         print(
             f"tandem: warning: step {step}: {bad} of {len(scores)} rewards are NaN/inf, so the step's "
             f"updates are skipped ({self.in_a_row} in a row of at most {self.limit}, ppo.max_nonfinite_steps)",

@@ -107,7 +107,7 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         start(step + 1, step + p.max_staleness)  # drawn while this batch is scored and trained
         with timed(t, "score", cpu):
             true_rewards = roles.score(batch)
-        if rewards.check(batch.scores, step):
+        if finite := rewards.check(batch.scores, step):
             metrics = _learn(cfg, roles, batch, true_rewards, kl_ctl, t, cpu, step)
         else:  # nothing trained: the weights and KL controller stay; the sync still counts the step
             metrics = {"reward/nonfinite_frac": (~torch.isfinite(batch.scores)).float().mean().item()}
@@ -116,7 +116,7 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         metrics |= {
             "faults/engine_restarts": roles.rollout.heals.count,
             "faults/actor_restarts": roles.actor_heals.count,
-            "faults/nonfinite_reward_steps": rewards.skipped,
+            "faults/nonfinite_reward_skipped": float(not finite),
         }
         metrics |= t | _throughput(batch, t) | cpu.utilisation()
         metrics |= _overhead(metrics, time.perf_counter() - step_started)

@@ -70,8 +70,10 @@ class FaultyRoles(Roles):
         """Faults healed in place: the heal that followed each kill."""
         heals = sorted(self.rollout.heals.events + self.actor_heals.events, key=lambda h: h.detected_at)
         for fault in self.faults.get(self.cfg.run.name, []):
+            role = "rollout engine" if fault.target.startswith("engine") else f"{fault.target} actor"
             if fault.killed_at is not None and fault.detected_at is None:
-                heal = next((h for h in heals if h.detected_at >= fault.killed_at), None)
+                later = (h for h in heals if h.detected_at >= fault.killed_at and h.role.startswith(role))
+                heal = next(later, None)
                 if heal is not None:
                     fault.detected_at, fault.healed_at = heal.detected_at, heal.healed_at
 

@@ -12,6 +12,7 @@ group.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -57,7 +58,8 @@ JOB = [
     "learner.cpus_per_rank=0.5",
     "reward.cpus=0.25",
     "reference.cpus=0.25",
-    "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer'}]",
+    # NaN for one prompt of step 1, in every run: that step's update is skipped.
+    "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer_but_nan'}]",
 ]
 KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean", "actor/grad_norm")
 #: run name -> the faults it gets, healed in place: the reference actor mid-score of step 1, the reward
@@ -136,7 +138,7 @@ def test_a_killed_role_heals_to_the_uninterrupted_run(killed, name):
     rows, straight = _rows(root / name), _rows(root / "straight")
     assert [r["step"] for r in rows] == [r["step"] for r in straight] == list(range(1, STEPS + 1))
     for row, expected in zip(rows, straight):
-        assert {k: row[k] for k in KEYS} == {k: expected[k] for k in KEYS}, row["step"]
+        assert {k: row.get(k) for k in KEYS} == {k: expected.get(k) for k in KEYS}, row["step"]
     last = rows[-1]
     assert (last["faults/engine_restarts"], last["faults/actor_restarts"]) == (engines, actors)
     # One samples table per step (the recomputed ones not twice), each the uninterrupted run's: the
@@ -145,6 +147,17 @@ def test_a_killed_role_heals_to_the_uninterrupted_run(killed, name):
     assert tables == (root / "straight" / "samples.jsonl").read_text().splitlines()
     wa, wb = _final_weights(root / "straight"), _final_weights(root / name)
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+
+
+def test_a_nan_reward_skips_that_steps_update(killed):
+    """Every run's reward is NaN for the 4 samples of one prompt of step 1: step 1 trains nothing
+    (no update metrics, the skip counted), later steps train, and the run finishes (no exit 2)."""
+    root, summaries = killed
+    rows = _rows(root / "straight")
+    assert summaries["straight"]["steps"] == STEPS
+    assert [r["faults/nonfinite_reward_skipped"] for r in rows] == [1.0, 0.0, 0.0]
+    assert rows[0]["reward/nonfinite_frac"] == 4 / 32 and "actor/pg_loss" not in rows[0]
+    assert all(math.isfinite(r["actor/pg_loss"]) for r in rows[1:])
 
 
 def test_nothing_is_left_behind(killed):
@@ -192,7 +205,7 @@ def test_driver_killed_between_steps_resumes_to_the_uninterrupted_run(killed, tm
     rows, straight = _rows(run_dir), _rows(root / "straight")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row, expected in zip(rows, straight):
-        assert {k: row[k] for k in KEYS} == {k: expected[k] for k in KEYS}, row["step"]
+        assert {k: row.get(k) for k in KEYS} == {k: expected.get(k) for k in KEYS}, row["step"]
     wa, wb = _final_weights(root / "straight"), _final_weights(run_dir)
     assert all(wa[k].equal(wb[k]) for k in wa)
 

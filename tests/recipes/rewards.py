@@ -15,6 +15,17 @@ def short_answer(prompts: list[str], responses: list[str]) -> list[float]:
     return [1.0 - min(len(r), LIMIT) / LIMIT for r in responses]
 
 
+#: The prompt `short_answer_but_nan` scores NaN: one of step 1's in tests/faults.
+NAN_PROMPT = "sort: 5 4 4"
+
+
+def short_answer_but_nan(prompts: list[str], responses: list[str]) -> list[float]:
+    """`short_answer`, but NaN for every sample of NAN_PROMPT: a reward gone wrong for one prompt,
+    at the same step whichever process scores it (a restarted reward actor too)."""
+    scores = short_answer(prompts, responses)
+    return [float("nan") if p == NAN_PROMPT else s for p, s in zip(prompts, scores, strict=True)]
+
+
 def reverse_score(prompts: list[str], responses: list[str]) -> list[float]:
     """The evaluation reward of the tests' own task ("reverse: 3 1 4" -> "4 1 3", no built-in task).
     Half: the digits in the right places (over the longer list; none for a response that is not a
