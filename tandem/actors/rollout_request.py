@@ -59,7 +59,7 @@ class RolloutRequest:
         """Every slice's answer in request order: concatenated, or (`flat` False) one per slice.
 
         An engine that dies or misses the deadline (`timeout_s` from now, for a slice issued again
-        from then) is replaced through the group (`RolloutGroup.replace`) and its slice issued again
+        from then) is healed (`replace_engine`) and its slice issued again
         on the engine taking its place; a failure that cannot be healed is raised."""
         if self._results is None:
             done: dict[int, Any] = {}
