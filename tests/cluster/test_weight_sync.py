@@ -173,3 +173,39 @@ def test_sync_makes_engines_match_learner(setup, sequences):
         assert _max_diff(engine_lp, again) < TOLERANCE
     samples = engines.generate(sequences[0][:2], n=1)
     assert {s.weight_version for s in samples} == {2}
+
+
+@pytest.mark.slow
+def test_a_replaced_engine_gets_the_weights_then_syncs_with_the_survivor(setup, sequences):
+    """(After the test above: the engines hold version 2.) kill -9 of engine 0 mid-request: its
+    replacement loads the learner's weights at the others' version alone, before it draws the lost
+    prompts; the next sync, over a group made again, reaches it and the survivor (whose old group
+    lost a member) alike."""
+    import os
+    import signal
+
+    from tandem.actors.rollout_request import replace_engine
+    from tandem.cluster.calls import Callee, get_one
+
+    learners, engines, _, _ = setup
+    current = learners.call("logprobs", *sequences)[0]
+    armed = []
+
+    def arm(engine, node, load):
+        armed.append(WeightSync(learners, [engine], CFG.rollout.sync_bucket_mb).sync(2))
+
+    engines.on_replace = arm
+    dead = engines.engines[0]
+    pid = get_one(dead.__ray_call__.remote(lambda _: os.getpid()), "pid", 60, Callee("engine 0"))
+    request = engines.submit("generate", sequences[0], n=1, seed=5)
+    os.kill(pid, signal.SIGKILL)
+    samples = request.results()
+    assert armed == [[2]] and replace_engine(engines, dead, None) is engines.engines[0]  # healed once
+    assert len(samples) == len(sequences[0]) and {s.weight_version for s in samples} == {2}
+    for engine_lp in _engine_logprobs(engines, sequences):
+        assert _max_diff(engine_lp, current) < TOLERANCE
+    _train_step(learners, sequences)
+    updated = learners.call("logprobs", *sequences)[0]
+    assert WeightSync(learners, engines.engines, CFG.rollout.sync_bucket_mb).sync(3) == [3, 3]
+    for engine_lp in _engine_logprobs(engines, sequences):
+        assert _max_diff(engine_lp, updated) < TOLERANCE
