@@ -194,10 +194,15 @@ Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
 
 
 def plot_panels(
-    path: Path, panels: dict[str, dict[str, Series]], xlabel: str, title: str, style: str = ".-"
+    path: Path,
+    panels: dict[str, dict[str, Series]],
+    xlabel: str,
+    title: str,
+    style: str = ".-",
+    xticks: Sequence[str] | None = None,
 ) -> Path:
     """One PNG of side-by-side panels (panel title -> series label -> Series), error bars where
-    given; `style` "o" draws points, ".-" lines through them."""
+    given; `style` "o" draws points, ".-" lines through them; `xticks` names x = 0, 1, ... (policies)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
@@ -205,6 +210,8 @@ def plot_panels(
             ax.errorbar(xs, ys, yerr=errs, fmt=style, capsize=2, label=label, markersize=4)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel(xlabel)
+        if xticks is not None:
+            ax.set_xticks(range(len(xticks)), xticks, rotation=20, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=11)

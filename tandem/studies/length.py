@@ -29,6 +29,7 @@ from tandem.config import Config
 from tandem.errors import UserError
 from tandem.recipes.evaluate import Evaluation, mean_and_stderr, paired_gain
 from tandem.studies.common import (
+    Series,
     Stages,
     dpo_arm,
     evaluate,
@@ -130,19 +131,19 @@ def plots(out_dir: Path, arms: dict[str, Path], results: dict[str, Evaluation], 
     }
     plot_panels(out_dir / "length_steps.png", steps, "PPO step", "PPO against a length-biased reward model")
     names = list(results)
-    xs = list(range(len(names)))
+
+    def by_policy(key: str, err: str | None = None) -> Series:
+        m = [results[n].metrics for n in names]
+        return list(range(len(names))), [r[key] for r in m], [r[err] for r in m] if err else None
+
     side = {
-        "held-out length (sampled)": {
-            n: ([i], [results[n].metrics["sampled/length"]], None) for i, n in zip(xs, names)
-        },
-        "held-out true reward (sampled)": {
-            n: ([i], [results[n].metrics["sampled/mean"]], [results[n].metrics["sampled/stderr"]])
-            for i, n in zip(xs, names)
+        "held-out length (tokens)": {mode: by_policy(f"{mode}/length") for mode in ("sampled", "greedy")},
+        "held-out true reward": {
+            mode: by_policy(f"{mode}/mean", f"{mode}/stderr") for mode in ("sampled", "greedy")
         },
     }
-    plot_panels(
-        out_dir / "length_mitigations.png", side, "policy (see legend)", "Mitigations side by side", "o"
-    )
+    title = "Mitigations side by side (mean +- standard error)"
+    plot_panels(out_dir / "length_mitigations.png", side, "policy", title, "o", xticks=names)
     scatter = {
         "reward model score": {
             n: (results[n].lengths["sampled"], results[n].rewards["sampled/rm"], None)
