@@ -44,7 +44,7 @@ def study_overrides(tmp_path: Path, task: str, arms: dict[str, list[str]]) -> li
         "rollout.max_num_seqs=16",
         "reward.cpus=0.5",
         "reference.cpus=0.5",
-        f"study.arms={yaml.safe_dump(arms, default_flow_style=True).strip()}",
+        f"study.arms={yaml.safe_dump(arms, default_flow_style=True, sort_keys=False).strip()}",
     ]
 
 
