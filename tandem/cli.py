@@ -87,6 +87,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tandem.config import load_config
+    from tandem.studies.common import default_config, run_study
+
+    # CONFIG is optional: a first "key=value" that names no file is an override.
+    if args.config is not None and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None
+    cfg = load_config(args.config or default_config(args.study), args.overrides)
+    run_study(args.study, cfg)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description="Distributed RLHF on Ray, vLLM and DeepSpeed."
@@ -124,6 +138,22 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--job", default="ppo", help="the tandem command to run there (default: ppo)")
     submit.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     submit.set_defaults(handler=_submit)
+
+    from tandem.studies import STUDIES
+
+    study = sub.add_parser(
+        "study",
+        parents=[debug],
+        help="an alignment study in one command (tables and plots in its run folder)",
+        description="Run a study: train its SFT and reward models once, then its PPO/DPO arms, and "
+        "write the held-out table (table.json) and PNG plots into <run.output_dir>/<run.name>.",
+    )
+    study.add_argument("study", choices=STUDIES, help="the study: " + ", ".join(STUDIES))
+    study.add_argument(
+        "config", nargs="?", default=None, help="YAML job file (default: configs/study-NAME.yaml)"
+    )
+    study.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    study.set_defaults(handler=_study)
 
     report = sub.add_parser(
         "report", parents=[debug], help="write PNG plots of a run's metrics into its folder"

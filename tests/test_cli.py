@@ -115,3 +115,17 @@ def test_a_user_error_inside_an_actor_is_one_paragraph(ray_session, monkeypatch,
     err = capsys.readouterr().err
     assert "Traceback" in err and "ray::" in err
     assert err.endswith("tandem: error: reward function 'mod:fn' returned NaN for sample 3\n")
+
+
+def test_study_config_is_optional(tmp_path, monkeypatch, capsys):
+    from tandem.studies import STUDIES
+
+    assert {"length", "overoptimization"} <= set(STUDIES) and "common" not in STUDIES
+    args = cli.parse_args(["study", "length", "ppo.steps=3", "--debug", "run.name=x"])
+    assert (args.study, args.config, args.overrides) == ("length", "ppo.steps=3", ["run.name=x"])
+    args = cli.parse_args(["study", "overoptimization", "mine.yaml", "ppo.steps=3"])
+    assert (args.config, args.overrides) == ("mine.yaml", ["ppo.steps=3"])
+    # Without CONFIG, configs/study-NAME.yaml of the working directory; elsewhere a clear error.
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["study", "length", "ppo.steps=3"]) == 2
+    assert "configs/study-length.yaml is not in the working directory" in capsys.readouterr().err

@@ -26,6 +26,31 @@ class RewardError(UserError):
     """A reward component failed or returned something unusable; the message names it."""
 
 
+def length_debias(scores: Sequence[float], lengths: Sequence[float], groups: Sequence[Any]) -> list[float]:
+    """Corrections that remove the linear length part of `scores`: -b * (length - mean length), b the
+    least-squares slope of score on length among answers to the same prompt (`groups`: one key per
+    sample; answers to one prompt share it). Within a prompt, longer answers differ from shorter ones
+    by what was added, not by the prompt's difficulty or its answer's natural length, which a slope
+    pooled over prompts would mix in. With no prompt answered at two lengths the slope is pooled
+    over the batch; with no length variation at all there is nothing to remove (zeros)."""
+    n = len(scores)
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    within = [idx for idx in by_group.values() if len({lengths[i] for i in idx}) > 1]
+    for sets in (within, [list(range(n))]):  # within prompts, else pooled
+        sxy = sxx = 0.0
+        for idx in sets:
+            mean_l = sum(lengths[i] for i in idx) / len(idx)
+            mean_s = sum(scores[i] for i in idx) / len(idx)
+            sxy += sum((lengths[i] - mean_l) * (scores[i] - mean_s) for i in idx)
+            sxx += sum((lengths[i] - mean_l) ** 2 for i in idx)
+        if sxx > 0:
+            slope, mean_len = sxy / sxx, sum(lengths) / n
+            return [-slope * (length - mean_len) for length in lengths]
+    return [0.0] * n
+
+
 @dataclass
 class RewardResult:
     total: list[float]  # (B,) sum over components of weight * value
@@ -166,6 +191,9 @@ class RewardScorer:
         length_penalty, tokenizer_path: subtract `length_penalty` per token of each response, as
             the tokenizer at `tokenizer_path` (the policy's) counts them; its counts are the
             component "length_tokens" (weight -length_penalty).
+        length_debias: remove the length part of each batch's summed reward (`length_debias`: the
+            slope of the components' sum on token count, within prompts); the corrections are the
+            component "length_debias" (weight 1). Fit before the length penalty, which still applies.
         allow_nonfinite: return NaN/inf values (the caller skips what they would spoil) instead of
             a RewardError.
     """
@@ -181,12 +209,14 @@ class RewardScorer:
         max_response_len: int = 32,
         length_penalty: float = 0.0,
         tokenizer_path: str | None = None,
+        length_debias: bool = False,
         allow_nonfinite: bool = False,
     ) -> None:
         self.allow_nonfinite = allow_nonfinite
         if not components:
             raise UserError("`reward.components` is empty: nothing to score with")
         names = [c.name or c.kind for c in components] + (["length_tokens"] if length_penalty else [])
+        names += ["length_debias"] if length_debias else []
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise UserError(
@@ -205,13 +235,18 @@ class RewardScorer:
                 self._fns.append(_Model(path, dtype, batch_size, max_prompt_len, max_response_len))
             else:
                 self._fns.append(_Http(c))
+        if (length_penalty or length_debias) and tokenizer_path is None:
+            raise UserError(
+                "`reward.length_penalty`/`length_debias` need the policy's tokenizer to count tokens"
+            )
+        self.length_penalty = length_penalty
+        self._count = _TokenCount(tokenizer_path) if length_penalty or length_debias else None
         if length_penalty:
-            if tokenizer_path is None:
-                raise UserError("`reward.length_penalty` needs the policy's tokenizer to count tokens")
             self.components.append(
                 RewardComponent(kind="function", path="length", name="length_tokens", weight=-length_penalty)
             )
-            self._fns.append(_TokenCount(tokenizer_path))
+            self._fns.append(self._count)
+        self.length_debias = length_debias
 
     @classmethod
     def from_config(cls, cfg: Config, rm_path: str | None = None) -> RewardScorer:
@@ -237,6 +272,13 @@ class RewardScorer:
             values = check_values(raw, n, _describe(c), self.allow_nonfinite)
             parts[name] = values
             total = [t + c.weight * v for t, v in zip(total, values)]
+        if self.length_debias and n:
+            lengths = parts.get("length_tokens") or self._count(prompts, responses)
+            # Fit on the components' sum without the penalty, which is all length and stays.
+            fitted = [t + self.length_penalty * n_tokens for t, n_tokens in zip(total, lengths)]
+            groups = [repr(p) for p in prompts]  # text or chat messages: equal prompts, equal keys
+            parts["length_debias"] = length_debias(fitted, lengths, groups)
+            total = [t + c for t, c in zip(total, parts["length_debias"])]
         return RewardResult(total, parts)
 
 
@@ -281,4 +323,5 @@ def _scorer_args(cfg: Config, rm_path: str | None) -> tuple:
         m.max_response_len,
         cfg.reward.length_penalty,
         m.path,
+        cfg.reward.length_debias,
     )

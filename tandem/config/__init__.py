@@ -1,7 +1,7 @@
 """The job configuration: the typed schema (`schema`, the RL roles' sections in `rl`, field types in
 `fields`) and its loading from YAML and overrides (`loading`)."""
 
-from tandem.config.loading import dump_config, load_config
+from tandem.config.loading import apply_overrides, dump_config, load_config
 from tandem.config.rl import (
     PPOConfig,
     ReferenceConfig,
@@ -22,6 +22,7 @@ from tandem.config.schema import (
     PipelineConfig,
     RayConfig,
     RunConfig,
+    StudyConfig,
     TimeoutsConfig,
     TrainConfig,
     WandbConfig,
@@ -45,9 +46,11 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ServeConfig",
+    "StudyConfig",
     "TimeoutsConfig",
     "TrainConfig",
     "WandbConfig",
+    "apply_overrides",
     "dump_config",
     "load_config",
 ]

@@ -148,6 +148,19 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise UserError(_explain(e, origins)) from None
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` with `key.sub=value` overrides applied, as if they had followed its file on the command
+    line: values it left unset stay unset (PPO derives its batch sizes from those)."""
+    origins: dict[str, _Origin] = {}
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    for item in overrides:
+        _apply_override(data, item, origins)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_explain(e, origins)) from None
+
+
 def dump_config(cfg: Config, only_set: bool = False) -> str:
     """The fully resolved config as YAML (what `tandem config show` prints and run folders keep).
 

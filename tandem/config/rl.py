@@ -88,6 +88,11 @@ class RewardConfig(_Section):
     length_penalty: float = Field(0.0, ge=0)
     """Subtracted per token of the response (model.path's tokenizer), logged as reward/length_tokens:
     a switch against a reward model's length bias (Singhal et al. 2023, "A Long Way to Go")."""
+    length_debias: bool = False
+    """Remove the length part of the reward: each batch's summed reward is regressed on response
+    length (tokens, model.path's tokenizer) among answers to the same prompt, and the fitted slope
+    times (length - the batch's mean length) is subtracted, logged as reward/length_debias. A switch
+    against a reward model's length bias that needs no penalty size (`tandem study length`)."""
     resources: dict[str, float] = {}
     """Ray custom resources of the reward actor (pins it to chosen nodes)."""
 

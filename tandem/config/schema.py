@@ -210,6 +210,25 @@ class PipelineConfig(_Section):
     """Start the reward model from the SFT model (as InstructGPT does) instead of its own model.path."""
 
 
+class StudyConfig(_Section):
+    """`tandem study NAME`: the runs a study compares, all from one SFT model and one reward model."""
+
+    sft_model: str | None = None
+    """An SFT model directory to start from instead of training one with `pipeline.sft_config`."""
+    rm_model: str | None = None
+    """A reward model directory to use instead of training one with `pipeline.rm_config`."""
+    arms: dict[str, list[str]] = {}
+    """PPO runs against the reward model: name -> `key=value` overrides of this job (the study's
+    module says which arm is its baseline)."""
+    dpo_config: str | None = None
+    """The DPO runs' job file (its model.path becomes the study's SFT model)."""
+    dpo_arms: dict[str, list[str]] = {}
+    """DPO runs: name -> `key=value` overrides of `dpo_config`."""
+    checkpoints: bool = False
+    """Evaluate every checkpoint a PPO run kept (`ppo.save_every`, `run.keep_checkpoints`) as well
+    as its final model: points along one run."""
+
+
 class Config(_Section):
     """A whole job. Each command reads the sections it needs."""
 
@@ -245,3 +264,5 @@ class Config(_Section):
     """The PPO loop."""
     pipeline: PipelineConfig = PipelineConfig()
     """SFT -> RM -> PPO in one job (`tandem pipeline`)."""
+    study: StudyConfig = StudyConfig()
+    """The runs of `tandem study NAME` (the SFT and RM stages: `pipeline`)."""

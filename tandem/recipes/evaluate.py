@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -72,12 +72,22 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's r; 0 when either side is constant (no linear relation to speak of)."""
+    if len(xs) < 2 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return 0.0
+    return statistics.correlation(xs, ys)
+
+
 @dataclass
 class Evaluation:
     """One policy's held-out scores."""
 
-    rewards: dict[str, list[float]]  # mode ("greedy", "sampled") -> (N,) reward of each prompt's answer
-    metrics: dict[str, float]  # "{mode}/mean", "{mode}/stderr", "{mode}/length"; "kl_to_ref"
+    rewards: dict[str, list[float]]  # mode ("greedy", "sampled") -> (N,) reward of each prompt's answer;
+    # "{mode}/{proxy}" -> (N,) each proxy's score of the same answers
+    metrics: dict[str, float]  # "{mode}/mean", "{mode}/stderr", "{mode}/length"; "kl_to_ref";
+    # with proxies "{mode}/{proxy}", "{mode}/{proxy}_stderr", "{mode}/{proxy}_length_corr"
+    lengths: dict[str, list[int]] = field(default_factory=dict)  # mode -> (N,) response tokens
 
 
 @dataclass
@@ -120,9 +130,12 @@ def evaluate_policy(
     max_new_tokens: int,
     seed: int = 0,
     ref_path: str | None = None,
+    proxies: Mapping[str, Scorer] | None = None,
 ) -> Evaluation:
     """Reward (mean, stderr) of greedy and sampled answers; with `ref_path`, KL(policy || ref)
-    per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased)."""
+    per response, estimated on the sampled answers as the sum of log pi - log pi_ref (k1, unbiased).
+    `proxies` (name -> scorer, e.g. a reward model) score the same answers, so a proxy and the
+    evaluation (gold) reward are compared answer by answer; each with its correlation to length."""
     from tandem.models import load_causal_lm, load_tokenizer
     from tandem.models.tokens import response_logprobs
 
@@ -132,12 +145,19 @@ def evaluate_policy(
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path).eval()
     rewards: dict[str, list[float]] = {}
+    lengths: dict[str, list[int]] = {}
     out: dict[str, float] = {}
     for mode, sample in (("greedy", False), ("sampled", True)):
         answers = generate(model, tokenizer, prompts, max_new_tokens, sample, seed)
         rewards[mode] = reward(prompts, answers.texts)
         out[f"{mode}/mean"], out[f"{mode}/stderr"] = mean_and_stderr(rewards[mode])
-        out[f"{mode}/length"] = statistics.fmean(len(r) for r in answers.response_ids)
+        lengths[mode] = [len(r) for r in answers.response_ids]
+        out[f"{mode}/length"] = statistics.fmean(lengths[mode])
+        out[f"{mode}/length_corr"] = correlation(rewards[mode], lengths[mode])
+        for name, proxy in (proxies or {}).items():
+            rewards[f"{mode}/{name}"] = values = proxy(prompts, answers.texts)
+            out[f"{mode}/{name}"], out[f"{mode}/{name}_stderr"] = mean_and_stderr(values)
+            out[f"{mode}/{name}_length_corr"] = correlation(values, lengths[mode])
     if ref_path == path:
         out["kl_to_ref"] = 0.0  # its own reference: no second pass needed
     elif ref_path is not None:
@@ -146,7 +166,7 @@ def evaluate_policy(
         own = response_logprobs(model, answers.prompt_ids, answers.response_ids, pad)
         base = response_logprobs(ref, answers.prompt_ids, answers.response_ids, pad)
         out["kl_to_ref"] = statistics.fmean(sum(a) - sum(b) for a, b in zip(own, base))
-    return Evaluation(rewards, out)
+    return Evaluation(rewards, out, lengths)
 
 
 def paired_gain(new: Evaluation, old: Evaluation, mode: str = "sampled") -> float:

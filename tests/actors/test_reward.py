@@ -225,3 +225,49 @@ def test_length_penalty_per_token_of_the_policys_tokenizer():
     taken = [*task, RewardComponent(kind="function", path="task", name="length_tokens")]
     with pytest.raises(UserError, match=r"share the metric name\(s\) \['length_tokens'\]"):
         RewardScorer(taken, task="sort", length_penalty=0.25, tokenizer_path="tiny-qwen2")
+
+
+def test_length_debias_removes_the_within_prompt_slope():
+    from tandem.actors.reward import length_debias
+
+    # Prompt a: lengths 2, 4 score 1, 2 (slope 0.5); prompt b: lengths 3, 5 score 0, 1 (slope 0.5).
+    # Pooled over prompts the slope would differ (b's answers are longer but score less).
+    scores, lengths, groups = [1.0, 2.0, 0.0, 1.0], [2.0, 4.0, 3.0, 5.0], ["a", "a", "b", "b"]
+    corrections = length_debias(scores, lengths, groups)
+    assert corrections == pytest.approx([0.75, -0.25, 0.25, -0.75])  # -0.5 * (length - 3.5)
+    debiased = [s + c for s, c in zip(scores, corrections)]
+    assert debiased[0] == pytest.approx(debiased[1]) and debiased[2] == pytest.approx(debiased[3])
+    # One answer per prompt: the slope is pooled over the batch (here 1.0, mean length 2).
+    assert length_debias([0.0, 1.0, 2.0], [1.0, 2.0, 3.0], ["x", "y", "z"]) == pytest.approx([1.0, 0.0, -1.0])
+    # No length variation: nothing to remove.
+    assert length_debias([0.0, 1.0], [4.0, 4.0], ["x", "x"]) == [0.0, 0.0]
+
+
+def test_length_debias_in_the_scorer_is_fit_before_the_penalty():
+    from tandem.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-qwen2")
+    prompts = ["sort: 3 1 2", "sort: 3 1 2", "sort: 9 8", "sort: 9 8"]
+    responses = ["1 2 3", "1 2 3 3 3", "8 9", "8 9 9"]
+    tokens = [float(len(tokenizer(r, add_special_tokens=False)["input_ids"])) for r in responses]
+    assert tokens[1] > tokens[0] and tokens[3] > tokens[2]
+    length_rm = [RewardComponent(kind="function", path=fn("length_reward"), name="chars")]
+    chars = [float(len(r)) for r in responses]
+    scorer = RewardScorer(length_rm, length_penalty=0.1, tokenizer_path="tiny-qwen2", length_debias=True)
+    result = scorer.score(prompts, responses)
+    expected_debias = length_debias_reference(chars, tokens)
+    assert result.components["length_debias"] == pytest.approx(expected_debias)
+    assert result.total == pytest.approx([c - 0.1 * t + d for c, t, d in zip(chars, tokens, expected_debias)])
+    cfg = Config().model_copy(update={"reward": Config().reward.model_copy(update={"length_debias": True})})
+    assert "length_debias" in RewardScorer.from_config(cfg).score(PROMPTS, RESPONSES).components
+    assert RewardScorer(length_rm, tokenizer_path="tiny-qwen2", length_debias=True).score([], []).total == []
+
+
+def length_debias_reference(scores: list[float], lengths: list[float]) -> list[float]:
+    """The within-prompt slope for two prompts of two answers each, written out."""
+    slope = (
+        (lengths[1] - lengths[0]) * (scores[1] - scores[0])
+        + (lengths[3] - lengths[2]) * (scores[3] - scores[2])
+    ) / ((lengths[1] - lengths[0]) ** 2 + (lengths[3] - lengths[2]) ** 2)
+    mean = sum(lengths) / 4
+    return [-slope * (n - mean) for n in lengths]

@@ -16,6 +16,7 @@ from tandem.data import task_reward
 from tandem.recipes.evaluate import (
     Evaluation,
     HeldOut,
+    correlation,
     evaluate_before_after,
     evaluate_policy,
     format_table,
@@ -48,6 +49,29 @@ def test_evaluate_policy_scores_every_held_out_prompt():
     assert 0.0 <= r["sampled/mean"] <= 1.0 and 1 <= r["sampled/length"] <= MAX_TOKENS
     assert len(result.rewards["sampled"]) == len(PROMPTS)
     assert r["kl_to_ref"] == 0.0  # the policy is its own reference
+
+
+def test_proxies_score_the_same_answers():
+    # A proxy that is the gold reward plus 0.1 per token: its scores are the gold ones shifted by the
+    # answers' lengths, answer by answer, and its length correlation is computed like the gold one's.
+    gold = task_reward("sort")
+    from tandem.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-qwen2")
+
+    def proxy(prompts, responses):
+        return [g + 0.1 * len(tokenizer(r)["input_ids"]) for g, r in zip(gold(prompts, responses), responses)]
+
+    result = evaluate_policy("tiny-qwen2", gold, PROMPTS, MAX_TOKENS, seed=3, proxies={"rm": proxy})
+    for mode in ("greedy", "sampled"):
+        gold_values, proxy_values = result.rewards[mode], result.rewards[f"{mode}/rm"]
+        assert len(proxy_values) == len(gold_values) == len(result.lengths[mode]) == len(PROMPTS)
+        r = result.metrics
+        assert (r[f"{mode}/rm"], r[f"{mode}/rm_stderr"]) == pytest.approx(mean_and_stderr(proxy_values))
+        assert r[f"{mode}/rm"] > r[f"{mode}/mean"]  # every answer has tokens: the proxy pays for them
+        assert r[f"{mode}/rm_length_corr"] == pytest.approx(correlation(proxy_values, result.lengths[mode]))
+        assert -1.0 <= r[f"{mode}/length_corr"] <= 1.0
+    assert correlation([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) > 0.98 and correlation([1.0, 1.0], [0.0, 5.0]) == 0.0
 
 
 def test_kl_to_another_reference_is_computed():
