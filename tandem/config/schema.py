@@ -208,7 +208,7 @@ class DPOConfig(_Section):
     pairs: Literal["task", "policy"] = "task"
     """Train on "task" pairs (built-in or train_files) or "policy" ones (2 samples of model.path, judged)."""
     judge: Literal["annotators", "rm"] = "annotators"
-    """Who prefers one of a "policy" pair: the task's simulated annotators (Bradley-Terry on their
+    """Who prefers one answer of each "policy" pair (task pairs come judged): the task's simulated annotators (Bradley-Terry on their
     score) or the reward model `judge_model` (the higher score wins; online DPO's one round)."""
     judge_model: str | None = None
     """The reward model that judges when judge is "rm" (an RM run's final/ folder)."""
@@ -225,8 +225,6 @@ class DPOConfig(_Section):
                 )
         if self.judge == "rm" and not self.judge_model:
             raise ValueError('dpo.judge: "rm" needs dpo.judge_model (a reward model\'s folder)')
-        if self.judge == "rm" and self.pairs != "policy":
-            raise ValueError('dpo.judge: "rm" judges on-policy pairs only; set dpo.pairs: policy')
         return self
 
 
@@ -237,6 +235,25 @@ class PipelineConfig(_Section):
     """`tandem pipeline`: the reward-model stage's job file; reward components with path "rm" use its model."""
     rm_from_sft: bool = True
     """Start the reward model from the SFT model (as InstructGPT does) instead of its own model.path."""
+
+
+class StudyConfig(_Section):
+    """`tandem study NAME`: the runs a study compares, all from one SFT model and one reward model."""
+
+    sft_model: str | None = None
+    """An SFT model directory to start from instead of training one with `pipeline.sft_config`."""
+    rm_model: str | None = None
+    """A reward model directory to use instead of training one with `pipeline.rm_config`."""
+    arms: dict[str, list[str]] = {}
+    """PPO runs against the reward model: name -> `key=value` overrides of this job (the study's
+    module says which arm is its baseline)."""
+    dpo_config: str | None = None
+    """The DPO runs' job file (its model.path becomes the study's SFT model)."""
+    dpo_arms: dict[str, list[str]] = {}
+    """DPO runs: name -> `key=value` overrides of `dpo_config`."""
+    checkpoints: bool = False
+    """Evaluate every checkpoint a PPO run kept (`ppo.save_every`, `run.keep_checkpoints`) as well
+    as its final model: points along one run."""
 
 
 class Config(_Section):
@@ -274,3 +291,5 @@ class Config(_Section):
     """The PPO loop."""
     pipeline: PipelineConfig = PipelineConfig()
     """SFT -> RM -> PPO in one job (`tandem pipeline`)."""
+    study: StudyConfig = StudyConfig()
+    """The runs of `tandem study NAME` (the SFT and RM stages: `pipeline`)."""
