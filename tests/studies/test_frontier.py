@@ -33,7 +33,7 @@ def test_frontier_has_every_arm_finite_and_the_plot(ray_session, tmp_path):
     load_tokenizer("tiny-qwen2").save_pretrained(rm_dir)
     dpo_arms = {
         "offline": ["dpo.pairs=task", "train.max_steps=2", *DPO_TOY],
-        "online-dpop": ["dpo.dpop_lambda=50", "train.max_steps=2", *DPO_TOY],
+        "online-dpop": ["dpo.judge=rm", "dpo.dpop_lambda=50", "train.max_steps=2", *DPO_TOY],
     }
     cfg = load_config(
         "configs/study-frontier.yaml",
