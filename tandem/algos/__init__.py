@@ -32,7 +32,7 @@ from tandem.algos.kl_control import (
     KLController,
     make_kl_controller,
 )
-from tandem.algos.losses import bradley_terry_loss, dpo_loss, policy_loss, value_loss
+from tandem.algos.losses import bradley_terry_loss, policy_loss, preference_loss, value_loss
 from tandem.algos.offpolicy import (
     OFF_POLICY_CORRECTIONS,
     OffPolicyCorrection,
@@ -46,6 +46,7 @@ from tandem.algos.registry import (
     PREFERENCE_LOSSES,
     AdvantageEstimator,
     KLEstimator,
+    PairLogps,
     PolicyLoss,
     PreferenceLoss,
     Registry,
@@ -72,13 +73,13 @@ __all__ = [
     "KLController",
     "KLEstimator",
     "OffPolicyCorrection",
+    "PairLogps",
     "PolicyLoss",
     "PreferenceLoss",
     "Registry",
     "bradley_terry_loss",
     "compute_gae",
     "discounted_returns",
-    "dpo_loss",
     "entropy_from_logits",
     "explained_variance",
     "get_adv_est",
@@ -100,6 +101,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "preference_loss",
     "register_adv_est",
     "register_kl_estimator",
     "register_policy_loss",

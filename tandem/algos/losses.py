@@ -1,4 +1,5 @@
-"""Losses: PPO's clipped policy and value losses, the Bradley-Terry reward-model loss, DPO and IPO.
+"""Losses: PPO's clipped policy and value losses, the Bradley-Terry reward-model loss, and the
+offline preference losses (DPO with its DPOP and R-DPO terms, IPO, SimPO; the RPO term).
 
 Each returns ``(loss, metrics)``: a scalar tensor to backpropagate and a dict of plain floats.
 Token-level losses are token means over every masked-in token of the batch (``masked_mean``).
@@ -11,7 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tandem.algos.core import masked_mean
-from tandem.algos.registry import get_preference_loss, register_policy_loss, register_preference_loss
+from tandem.algos.registry import (
+    PairLogps,
+    get_preference_loss,
+    register_policy_loss,
+    register_preference_loss,
+)
 
 
 @register_policy_loss("ppo")
@@ -83,44 +89,85 @@ def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> tuple[
     return loss, metrics
 
 
-@register_preference_loss("dpo")
-def _dpo_per_pair(h: Tensor, beta: float) -> Tensor:
-    return -F.logsigmoid(beta * h)
+def _log_ratio_margin(pairs: PairLogps) -> Tensor:
+    """``h = (pc - rc) - (pr - rr)``: the chosen minus the rejected log-ratio of policy to reference."""
+    return (pairs.policy_chosen - pairs.ref_chosen) - (pairs.policy_rejected - pairs.ref_rejected)
+
+
+@register_preference_loss("dpo", options=("length_alpha", "dpop_lambda"))
+def _dpo_per_pair(
+    pairs: PairLogps, beta: float, *, length_alpha: float = 0.0, dpop_lambda: float = 0.0, **_: float
+) -> Tensor:
+    """``-log sigmoid(beta * (h - lambda * max(0, rc - pc)) + alpha * (|y_w| - |y_l|))``.
+
+    - DPO (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7) with both options 0.
+    - DPOP (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with
+      DPO-Positive", eq. 3), ``dpop_lambda``: DPO can lower the chosen answer's likelihood as long
+      as it lowers the rejected one's more (it does on pairs that differ in few tokens); the penalty
+      is paid only once the chosen answer falls below the reference.
+    - R-DPO (Park et al. 2024, "Disentangling Length from Quality in Direct Preference
+      Optimization", eq. 9), ``length_alpha``: the margin gets ``+ alpha * (|y_w| - |y_l|)`` (lengths
+      in tokens), so a pair whose chosen answer is longer is already partly satisfied and pushes
+      the policy less towards length.
+    """
+    h = _log_ratio_margin(pairs)
+    if dpop_lambda:
+        h = h - dpop_lambda * torch.clamp(pairs.ref_chosen - pairs.policy_chosen, min=0.0)
+    return -F.logsigmoid(beta * h + length_alpha * (pairs.chosen_len - pairs.rejected_len))
 
 
 @register_preference_loss("ipo")
-def _ipo_per_pair(h: Tensor, beta: float) -> Tensor:
-    return (h - 1.0 / (2.0 * beta)) ** 2
+def _ipo_per_pair(pairs: PairLogps, beta: float, **_: float) -> Tensor:
+    """``(h - 1 / (2 * beta))^2`` (Azar et al. 2023, "A General Theoretical Paradigm to Understand
+    Learning from Human Preferences", eq. 17, with tau = beta)."""
+    return (_log_ratio_margin(pairs) - 1.0 / (2.0 * beta)) ** 2
 
 
-def dpo_loss(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
-    beta: float,
-    kind: str = "dpo",
+@register_preference_loss("simpo", needs_reference=False, options=("simpo_gamma",))
+def _simpo_per_pair(pairs: PairLogps, beta: float, *, simpo_gamma: float = 0.0, **_: float) -> Tensor:
+    """``-log sigmoid(beta * pc / |y_w| - beta * pr / |y_l| - gamma)`` (Meng et al. 2024, "SimPO: Simple
+    Preference Optimization with a Reference-Free Reward", eq. 6): no reference model, the reward
+    is the length-normalised log-likelihood (eq. 4), and ``simpo_gamma`` is the target margin.
+    beta scales a per-token average here, not a sequence log-ratio: the paper uses 2.0-2.5."""
+    chosen = pairs.policy_chosen / pairs.chosen_len
+    rejected = pairs.policy_rejected / pairs.rejected_len
+    return -F.logsigmoid(beta * (chosen - rejected) - simpo_gamma)
+
+
+def preference_loss(
+    pairs: PairLogps, beta: float, kind: str = "dpo", rpo_alpha: float = 0.0, **options: float
 ) -> tuple[Tensor, dict[str, float]]:
-    """Offline preference losses on ``h = (pc - rc) - (pr - rr)``, the difference of the chosen and
-    rejected log-ratios of policy to reference (sequence log-probs, each (N,)):
+    """The mean over pairs of the per-pair loss registered as ``kind`` ("dpo", "ipo", "simpo": see
+    each), called with ``options`` (``length_alpha``, ``dpop_lambda``, ``simpo_gamma``), plus
+    ``rpo_alpha`` times the chosen answers' negative log-likelihood per token, the RPO term (Pang et
+    al. 2024, "Iterative Reasoning Preference Optimization", eq. 1, ``L_DPO + alpha * L_NLL``).
+    KeyError listing the valid kinds for an unknown ``kind``.
 
-    - "dpo": ``mean(-log sigmoid(beta * h))`` (Rafailov et al. 2023, "Direct Preference
-      Optimization", eq. 7).
-    - "ipo": ``mean((h - 1 / (2 * beta))^2)`` (Azar et al. 2023, "A General Theoretical Paradigm to
-      Understand Learning from Human Preferences", eq. 17, with tau = beta).
-
-    Metrics, the implicit rewards ``beta * (policy - ref)``: "rewards/chosen" and
-    "rewards/rejected" (means), "margins" (mean chosen - rejected) and "accuracy" (fraction with
-    chosen > rejected). KeyError listing the valid kinds for an unknown ``kind``.
+    Metrics, the implicit rewards ``beta * (policy - ref)`` (reference-free: SimPO's
+    ``beta * policy / length``): "rewards/chosen" and "rewards/rejected" (means), "margins" (mean
+    chosen - rejected), "accuracy" (fraction with chosen > rejected); with a reference,
+    "logps/chosen_shift" and "logps/rejected_shift", the mean log-prob change ``policy - ref`` of
+    each answer (DPO lowering the chosen answer's likelihood shows as a negative chosen shift);
+    "nll/chosen" when ``rpo_alpha`` is set.
     """
     per_pair = get_preference_loss(kind)
-    chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
-    rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
-    loss = per_pair(chosen_log_ratio - rejected_log_ratio, beta).mean()
+    loss = per_pair(pairs, beta, **options).mean()
+    metrics: dict[str, float] = {}
+    if rpo_alpha:
+        nll = (-pairs.policy_chosen / pairs.chosen_len).mean()
+        loss = loss + rpo_alpha * nll
+        metrics["nll/chosen"] = nll.item()
     with torch.no_grad():
-        chosen_rewards = beta * chosen_log_ratio
-        rejected_rewards = beta * rejected_log_ratio
-        metrics = {
+        if pairs.ref_chosen is None:
+            chosen_rewards = beta * pairs.policy_chosen / pairs.chosen_len
+            rejected_rewards = beta * pairs.policy_rejected / pairs.rejected_len
+        else:
+            chosen_shift = pairs.policy_chosen - pairs.ref_chosen
+            rejected_shift = pairs.policy_rejected - pairs.ref_rejected
+            chosen_rewards, rejected_rewards = beta * chosen_shift, beta * rejected_shift
+            metrics["logps/chosen_shift"] = chosen_shift.mean().item()
+            metrics["logps/rejected_shift"] = rejected_shift.mean().item()
+        metrics |= {
             "rewards/chosen": chosen_rewards.mean().item(),
             "rewards/rejected": rejected_rewards.mean().item(),
             "margins": (chosen_rewards - rejected_rewards).mean().item(),

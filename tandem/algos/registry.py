@@ -8,7 +8,7 @@ is the only place that knows its names: the config validates its choices against
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from torch import Tensor
 
@@ -82,11 +82,31 @@ class PolicyLoss(Protocol):
     ) -> tuple[Tensor, dict[str, float]]: ...
 
 
-class PreferenceLoss(Protocol):
-    """An offline preference loss per pair, on ``h`` (N,), the chosen minus the rejected log-ratio
-    of policy to reference; returns (N,)."""
+class PairLogps(NamedTuple):
+    """Sequence log-probs of N preference pairs (each (N,)): log pi(answer | prompt), summed over the
+    answer's tokens, and the answers' lengths in tokens."""
 
-    def __call__(self, h: Tensor, beta: float) -> Tensor: ...
+    policy_chosen: Tensor  # (N,) under the policy being trained
+    policy_rejected: Tensor  # (N,)
+    ref_chosen: Tensor | None  # (N,) under the frozen reference; None for a reference-free loss
+    ref_rejected: Tensor | None  # (N,)
+    chosen_len: Tensor  # (N,) tokens of the chosen answer, float
+    rejected_len: Tensor  # (N,)
+
+
+class PreferenceLoss(Protocol):
+    """An offline preference loss per pair: ``(pairs, beta, **options) -> (N,)``.
+
+    Each loss reads the keyword options it needs and ignores the rest, so the learner calls any of
+    them the same way. ``options``: the names of the options it reads (the config rejects an option
+    set to a non-zero value for a loss that would ignore it). ``needs_reference``: it reads the
+    reference log-probs (False: the learner skips the reference model altogether).
+    """
+
+    needs_reference: bool
+    options: frozenset[str]
+
+    def __call__(self, pairs: PairLogps, beta: float, **options: float) -> Tensor: ...
 
 
 ADV_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
@@ -133,9 +153,18 @@ def get_policy_loss(name: str) -> PolicyLoss:
     return POLICY_LOSSES.get(name)
 
 
-def register_preference_loss(name: str) -> Callable[[PreferenceLoss], PreferenceLoss]:
-    """Register a per-pair preference loss under ``name`` (see ``PreferenceLoss``)."""
-    return PREFERENCE_LOSSES.register(name)
+def register_preference_loss(
+    name: str, *, needs_reference: bool = True, options: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Tensor]], PreferenceLoss]:
+    """Register a per-pair preference loss under ``name`` (see ``PreferenceLoss``): ``options`` are
+    the keyword options it reads, ``needs_reference`` whether it reads the reference log-probs."""
+
+    def decorate(fn: Callable[..., Tensor]) -> PreferenceLoss:
+        fn.needs_reference = needs_reference  # type: ignore[attr-defined]
+        fn.options = frozenset(options)  # type: ignore[attr-defined]
+        return PREFERENCE_LOSSES.register(name)(fn)  # type: ignore[arg-type]
+
+    return decorate
 
 
 def get_preference_loss(name: str) -> PreferenceLoss:

@@ -194,11 +194,42 @@ class EvalConfig(_Section):
 
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0)
-    """Strength of the implicit KL constraint (Rafailov et al. 2023)."""
+    """Strength of the implicit KL constraint (Rafailov et al. 2023). For "simpo" it scales a per-token
+    average log-likelihood instead, so it is much larger there (the SimPO paper uses 2.0-2.5)."""
     loss: PreferenceLossName = "dpo"
-    """Preference loss, by its name in `tandem.algos` (sigmoid DPO; IPO, Azar et al. 2023; ...)."""
+    """Preference loss, by its name in `tandem.algos` (sigmoid DPO; IPO, Azar et al. 2023; SimPO, Meng
+    et al. 2024, reference-free: no reference model is loaded)."""
+    length_alpha: float = 0.0
+    """R-DPO (Park et al. 2024), loss "dpo": adds alpha * (|chosen| - |rejected|) tokens to the margin,
+    so longer chosen answers teach less length (0: plain DPO)."""
+    dpop_lambda: float = Field(0.0, ge=0)
+    """DPOP (Pal et al. 2024), loss "dpo": penalty lambda * max(0, log pi_ref(chosen) - log pi(chosen))
+    in the margin, so DPO cannot lower the chosen answer's likelihood (0: plain DPO; the paper: 50)."""
+    simpo_gamma: float = Field(0.0, ge=0)
+    """SimPO's target reward margin gamma (loss "simpo"; the paper: 0.5-1.5 with beta 2-2.5)."""
+    rpo_alpha: float = Field(0.0, ge=0)
+    """RPO (Pang et al. 2024), any loss: adds alpha * the chosen answer's NLL per token (0: off; the paper: 1)."""
     pairs: Literal["task", "policy"] = "task"
     """Train on "task" pairs (built-in or train_files) or "policy" ones (2 samples of model.path, judged)."""
+    judge: Literal["annotators", "rm"] = "annotators"
+    """Who prefers one answer of each "policy" pair (task pairs come judged): the task's simulated annotators (Bradley-Terry on their
+    score) or the reward model `judge_model` (the higher score wins; online DPO's one round)."""
+    judge_model: str | None = None
+    """The reward model that judges when judge is "rm" (an RM run's final/ folder)."""
+
+    @model_validator(mode="after")
+    def _options_are_read(self) -> DPOConfig:
+        from tandem.algos import get_preference_loss
+
+        reads = get_preference_loss(self.loss).options
+        for option in ("length_alpha", "dpop_lambda", "simpo_gamma"):
+            if getattr(self, option) and option not in reads:
+                raise ValueError(
+                    f"dpo.{option} is not used by loss {self.loss!r} (it reads: {sorted(reads)})"
+                )
+        if self.judge == "rm" and not self.judge_model:
+            raise ValueError('dpo.judge: "rm" needs dpo.judge_model (a reward model\'s folder)')
+        return self
 
 
 class PipelineConfig(_Section):

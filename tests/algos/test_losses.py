@@ -1,4 +1,4 @@
-"""PPO policy and value losses, Bradley-Terry, DPO and IPO."""
+"""PPO policy and value losses, Bradley-Terry, and the preference losses (DPO, DPOP, R-DPO, IPO, SimPO, RPO)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from tandem.algos import bradley_terry_loss, dpo_loss, policy_loss, value_loss
+from tandem.algos import (
+    PairLogps,
+    bradley_terry_loss,
+    get_preference_loss,
+    policy_loss,
+    preference_loss,
+    value_loss,
+)
 
 F64 = torch.float64
 
@@ -118,45 +125,118 @@ def test_bradley_terry_is_stable_for_large_margins() -> None:
     assert metrics["accuracy"] == 0.0
 
 
-def _preference_case() -> tuple[torch.Tensor, ...]:
-    # Pair 0: chosen log-ratio -1 - (-2) = 1, rejected -3 - (-2) = -1, h = 2.
-    # Pair 1: chosen log-ratio -2 - (-1) = -1, rejected -2 - (-2) = 0, h = -1.
-    policy_chosen = torch.tensor([-1.0, -2.0], dtype=F64)
-    policy_rejected = torch.tensor([-3.0, -2.0], dtype=F64)
-    ref_chosen = torch.tensor([-2.0, -1.0], dtype=F64)
-    ref_rejected = torch.tensor([-2.0, -2.0], dtype=F64)
-    return policy_chosen, policy_rejected, ref_chosen, ref_rejected
+def _preference_case(reference: bool = True) -> PairLogps:
+    # Pair 0: chosen log-ratio -1 - (-2) = 1, rejected -3 - (-2) = -1, h = 2; lengths 2 and 1.
+    # Pair 1: chosen log-ratio -2 - (-1) = -1, rejected -2 - (-2) = 0, h = -1; lengths 4 and 2.
+    return PairLogps(
+        policy_chosen=torch.tensor([-1.0, -2.0], dtype=F64),
+        policy_rejected=torch.tensor([-3.0, -2.0], dtype=F64),
+        ref_chosen=torch.tensor([-2.0, -1.0], dtype=F64) if reference else None,
+        ref_rejected=torch.tensor([-2.0, -2.0], dtype=F64) if reference else None,
+        chosen_len=torch.tensor([2.0, 4.0], dtype=F64),
+        rejected_len=torch.tensor([1.0, 2.0], dtype=F64),
+    )
 
 
 def test_dpo_by_hand() -> None:
     # beta 0.1: -log sigmoid(0.2) = ln(1 + e^-0.2) = 0.598139, -log sigmoid(-0.1) = ln(1 + e^0.1) = 0.744397.
-    loss, metrics = dpo_loss(*_preference_case(), beta=0.1)
+    loss, metrics = preference_loss(_preference_case(), beta=0.1)
     assert loss.item() == pytest.approx((0.598139 + 0.744397) / 2, abs=1e-6)
     # Implicit rewards: chosen (0.1, -0.1), rejected (-0.1, 0); margins (0.2, -0.1).
-    assert metrics.keys() == {"rewards/chosen", "rewards/rejected", "margins", "accuracy"}
     assert metrics["rewards/chosen"] == pytest.approx(0.0)
     assert metrics["rewards/rejected"] == pytest.approx(-0.05)
     assert metrics["margins"] == pytest.approx(0.05)
     assert metrics["accuracy"] == 0.5
+    # Log-prob changes: chosen (1, -1), rejected (-1, 0).
+    assert metrics["logps/chosen_shift"] == pytest.approx(0.0)
+    assert metrics["logps/rejected_shift"] == pytest.approx(-0.5)
+    assert "nll/chosen" not in metrics
 
 
 def test_ipo_by_hand() -> None:
     # beta 0.1, 1 / (2 beta) = 5: (2 - 5)^2 = 9, (-1 - 5)^2 = 36, mean 22.5.
-    loss, metrics = dpo_loss(*_preference_case(), beta=0.1, kind="ipo")
+    loss, metrics = preference_loss(_preference_case(), beta=0.1, kind="ipo")
     assert loss.item() == pytest.approx(22.5)
     assert metrics["margins"] == pytest.approx(0.05)
 
 
-def test_dpo_and_ipo_match_loop(gen: torch.Generator) -> None:
+def test_dpop_by_hand() -> None:
+    # lambda 5: pair 0's chosen is above the reference (rc - pc = -1): no penalty, z = 0.2.
+    # Pair 1's chosen fell 1 below it: h = -1 - 5 * 1 = -6, z = -0.6; ln(1 + e^0.6) = 1.037488.
+    loss, _ = preference_loss(_preference_case(), beta=0.1, dpop_lambda=5.0)
+    assert loss.item() == pytest.approx((0.598139 + 1.037488) / 2, abs=1e-6)
+
+
+def test_dpop_pushes_a_fallen_chosen_answer_up_harder() -> None:
+    # d loss / d pc of pair 1 (mean over 2 pairs) = -sigmoid(-z) * dz/dpc / 2:
+    # DPO z = -0.1, dz/dpc = beta = 0.1; DPOP z = -0.6, dz/dpc = beta * (1 + lambda) = 0.6.
+    grads = []
+    for dpop_lambda in (0.0, 5.0):
+        pairs = _preference_case()
+        pairs = pairs._replace(policy_chosen=pairs.policy_chosen.clone().requires_grad_())
+        preference_loss(pairs, beta=0.1, dpop_lambda=dpop_lambda)[0].backward()
+        grads.append(pairs.policy_chosen.grad[1].item())
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))
+    assert grads[0] == pytest.approx(-sigmoid(0.1) * 0.1 / 2)
+    assert grads[1] == pytest.approx(-sigmoid(0.6) * 0.6 / 2)
+
+
+def test_rdpo_by_hand() -> None:
+    # alpha 0.05, length differences (2 - 1, 4 - 2) = (1, 2): z = 0.2 + 0.05 = 0.25 and -0.1 + 0.1 = 0.
+    # ln(1 + e^-0.25) = 0.575939, -log sigmoid(0) = ln 2.
+    loss, _ = preference_loss(_preference_case(), beta=0.1, length_alpha=0.05)
+    assert loss.item() == pytest.approx((0.575939 + math.log(2)) / 2, abs=1e-6)
+
+
+def test_simpo_by_hand_without_a_reference() -> None:
+    # beta 2, gamma 0.5. Per-token log-likelihoods: chosen (-1/2, -2/4), rejected (-3/1, -2/2).
+    # z = 2 * (-0.5 + 3) - 0.5 = 4.5 and 2 * (-0.5 + 1) - 0.5 = 0.5;
+    # ln(1 + e^-4.5) = 0.011048, ln(1 + e^-0.5) = 0.474077.
+    loss, metrics = preference_loss(
+        _preference_case(reference=False), beta=2.0, kind="simpo", simpo_gamma=0.5
+    )
+    assert loss.item() == pytest.approx((0.011048 + 0.474077) / 2, abs=1e-6)
+    # SimPO's rewards beta * logp / length: chosen (-1, -1), rejected (-6, -2).
+    assert metrics["rewards/chosen"] == pytest.approx(-1.0)
+    assert metrics["rewards/rejected"] == pytest.approx(-4.0)
+    assert metrics["margins"] == pytest.approx(3.0)
+    assert metrics["accuracy"] == 1.0
+    assert "logps/chosen_shift" not in metrics
+
+
+def test_rpo_adds_the_chosen_answers_nll_per_token() -> None:
+    # NLL per token of the chosen answers: (1/2 + 2/4) / 2 = 0.5; alpha 2 adds 1.0 to DPO's loss.
+    dpo, _ = preference_loss(_preference_case(), beta=0.1)
+    rpo, metrics = preference_loss(_preference_case(), beta=0.1, rpo_alpha=2.0)
+    assert rpo.item() == pytest.approx(dpo.item() + 1.0)
+    assert metrics["nll/chosen"] == pytest.approx(0.5)
+
+
+def test_preference_losses_match_loop(gen: torch.Generator) -> None:
     logps = [-torch.rand(6, generator=gen, dtype=F64) * 10 for _ in range(4)]
-    beta = 0.3
-    hs = [(pc - rc) - (pr - rr) for pc, pr, rc, rr in zip(*(t.tolist() for t in logps), strict=True)]
-    dpo, _ = dpo_loss(*logps, beta=beta)
-    ipo, _ = dpo_loss(*logps, beta=beta, kind="ipo")
-    assert dpo.item() == pytest.approx(sum(math.log1p(math.exp(-beta * h)) for h in hs) / 6)
-    assert ipo.item() == pytest.approx(sum((h - 1 / (2 * beta)) ** 2 for h in hs) / 6)
+    lengths = [torch.randint(1, 9, (6,), generator=gen).to(F64) for _ in range(2)]
+    pairs = PairLogps(*logps, *lengths)
+    beta, alpha, lam, gamma = 0.3, 0.02, 2.0, 0.4
+    terms = []
+    for pc, pr, rc, rr, lc, lr in zip(*(t.tolist() for t in pairs), strict=True):
+        h = (pc - rc) - (pr - rr)
+        dpo = math.log1p(math.exp(-(beta * (h - lam * max(0.0, rc - pc)) + alpha * (lc - lr))))
+        simpo = math.log1p(math.exp(-(beta * (pc / lc - pr / lr) - gamma)))
+        terms.append((dpo, (h - 1 / (2 * beta)) ** 2, simpo))
+    means = [sum(column) / 6 for column in zip(*terms, strict=True)]
+    dpo, _ = preference_loss(pairs, beta=beta, length_alpha=alpha, dpop_lambda=lam)
+    ipo, _ = preference_loss(pairs, beta=beta, kind="ipo")
+    simpo, _ = preference_loss(pairs, beta=beta, kind="simpo", simpo_gamma=gamma)
+    assert [dpo.item(), ipo.item(), simpo.item()] == pytest.approx(means)
+
+
+def test_preference_losses_declare_options_and_reference() -> None:
+    assert get_preference_loss("dpo").options == {"length_alpha", "dpop_lambda"}
+    assert get_preference_loss("simpo").options == {"simpo_gamma"}
+    assert get_preference_loss("ipo").options == frozenset()
+    assert [get_preference_loss(k).needs_reference for k in ("dpo", "ipo", "simpo")] == [True, True, False]
 
 
 def test_unknown_preference_loss_lists_names() -> None:
-    with pytest.raises(KeyError, match=r"\['dpo', 'ipo'\]"):
-        dpo_loss(*_preference_case(), beta=0.1, kind="kto")
+    with pytest.raises(KeyError, match=r"\['dpo', 'ipo', 'simpo'\]"):
+        preference_loss(_preference_case(), beta=0.1, kind="kto")

@@ -93,7 +93,7 @@ def test_unknown_names_list_valid_ones() -> None:
         get_kl_estimator("k9")
     with pytest.raises(KeyError, match="'ppo'"):
         get_policy_loss("sppo")
-    with pytest.raises(KeyError, match=r"preference loss 'kto'; valid names: \['dpo', 'ipo'\]"):
+    with pytest.raises(KeyError, match=r"preference loss 'kto'; valid names: \['dpo', 'ipo', 'simpo'\]"):
         get_preference_loss("kto")
 
 

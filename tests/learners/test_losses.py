@@ -61,6 +61,37 @@ def test_dpo_and_ipo_start_at_their_reference_value(model, kind, expected):
 
 
 @torch.no_grad()
+def test_rdpo_reads_the_answer_lengths_from_the_masks(model):
+    # Policy == reference, so the margin is alpha * (|chosen| - |rejected|): lengths (3, 2) vs (2, 4)
+    # tokens give (1, -2); alpha 0.1: (ln(1 + e^-0.1) + ln(1 + e^0.2)) / 2.
+    learner = _learner(DPOLearner, model, beta=0.1, options={"length_alpha": 0.1})
+    learner.reference = model
+    loss, _, metrics = learner.compute_loss(pair_batch(PAIRS, 0))
+    assert loss.item() == pytest.approx(
+        (math.log1p(math.exp(-0.1)) + math.log1p(math.exp(0.2))) / 2, rel=1e-6
+    )
+    assert metrics["logps/chosen_shift"] == 0.0
+
+
+@torch.no_grad()
+def test_simpo_needs_no_reference(model):
+    learner = _learner(DPOLearner, model, beta=2.0, loss="simpo", options={"simpo_gamma": 0.5})
+    loss, _, metrics = learner.compute_loss(pair_batch(PAIRS, 0))
+    logps = [
+        model(torch.tensor([p["prompt_ids"] + p[k]])).logits.log_softmax(-1)[0]
+        for k in ("chosen_ids", "rejected_ids")
+        for p in PAIRS
+    ]
+    per_token = []
+    for i, (p, k) in enumerate([(p, k) for k in ("chosen_ids", "rejected_ids") for p in PAIRS]):
+        ids, n_p = p["prompt_ids"] + p[k], len(p["prompt_ids"])
+        per_token.append(sum(logps[i][t - 1, ids[t]].item() for t in range(n_p, len(ids))) / len(p[k]))
+    z = [2.0 * (per_token[j] - per_token[j + 2]) - 0.5 for j in (0, 1)]
+    assert loss.item() == pytest.approx(sum(math.log1p(math.exp(-x)) for x in z) / 2, rel=1e-5)
+    assert "logps/chosen_shift" not in metrics
+
+
+@torch.no_grad()
 def test_reward_loss_is_bradley_terry_of_last_token_scores():
     from tandem.models import load_reward_model
 

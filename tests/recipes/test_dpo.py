@@ -67,3 +67,33 @@ def test_policy_pairs_are_judged_by_the_annotators(monkeypatch):
         {"prompt": "sort: 9 8 7", "chosen": "7 8 9", "rejected": "9 8 7"},
         {"prompt": "sort: 2 1", "chosen": "1 2", "rejected": "2 1"},
     ]
+
+
+def test_policy_pairs_judged_by_a_reward_model_prefer_its_higher_score(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from tandem.actors.reward import RewardScorer
+    from tandem.config import RewardComponent
+    from tandem.models import load_reward_model, load_tokenizer
+    from tandem.recipes import evaluate
+
+    torch.manual_seed(0)
+    load_reward_model("tiny-qwen2").save_pretrained(tmp_path)  # a random head: any fixed scorer will do
+    load_tokenizer("tiny-qwen2").save_pretrained(tmp_path)
+    prompts = ["sort: 3 1 2", "sort: 5 4", "sort: 9 8 7", "sort: 2 1"]
+    answers = {0: ["1 2 3", "4 5", "7 8 9", "1 2"], 1: ["3 1 2", "4 5", "9 8 7 7 7", "2 1 1"]}
+    monkeypatch.setattr(
+        evaluate, "generate", lambda model, tok, p, n, sample, seed: SimpleNamespace(texts=answers[seed])
+    )
+    overrides = ["model.path=tiny-qwen2", "dpo.pairs=policy", "dpo.judge=rm", f"dpo.judge_model={tmp_path}"]
+    pairs = dpo.policy_pairs(load_config("configs/dpo.yaml", overrides), "tiny-qwen2", prompts)
+    scorer = RewardScorer([RewardComponent(kind="model", path=str(tmp_path))])
+    score = lambda p, r: scorer.score([p], [r]).total[0]
+    # The identical pair is dropped; of the others, the RM's higher-scored answer is chosen.
+    assert [p["prompt"] for p in pairs] == ["sort: 3 1 2", "sort: 9 8 7", "sort: 2 1"]
+    assert all(score(p["prompt"], p["chosen"]) > score(p["prompt"], p["rejected"]) for p in pairs)
+    assert {p["chosen"] for p in pairs} != set(
+        answers[0]
+    )  # the random RM disagrees with the sort order somewhere
