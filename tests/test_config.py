@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tandem.config import Config, dump_config, load_config
+from tandem.config import Config, apply_overrides, dump_config, load_config
 from tandem.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,14 @@ def test_dump_of_set_values_keeps_what_was_set(tmp_path):
     }
     again = load_config(write(tmp_path, "dump.yaml", text))
     assert again == cfg and again.learner.model_fields_set == {"micro_batch_size"}
+
+
+def test_overrides_of_a_loaded_job_leave_its_unset_values_unset(tmp_path):
+    # A study's arms are its job plus overrides: PPO must still tell the batch sizes the job left unset.
+    cfg = load_config(write(tmp_path, "job.yaml", "learner:\n  micro_batch_size: 8\n"), ["ppo.steps=3"])
+    arm = apply_overrides(cfg, ["ppo.prompts_per_step=4", "run.name=arm"])
+    assert arm.learner.model_fields_set == {"micro_batch_size"}
+    assert (arm.ppo.steps, arm.ppo.prompts_per_step, arm.run.name) == (3, 4, "arm")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class Arm:
     final: str  # its final model directory
     checkpoints: dict[int, str]  # step -> model directory of each checkpoint the run kept
     steps: int  # the steps it trained: its final model's step
+    cfg: Config  # the job it ran (the study's or `study.dpo_config`, with the arm's overrides)
 
 
 def train_stages(cfg: Config, out_dir: Path) -> Stages:
@@ -69,7 +71,8 @@ def train_stages(cfg: Config, out_dir: Path) -> Stages:
 def arm_config(cfg: Config, out_dir: Path, run_name: str, overrides: Sequence[str], stages: Stages) -> Config:
     """`cfg` for one arm: its run folder `out_dir/run_name`, starting from the SFT model, no
     before/after table of its own (the study evaluates every arm on the same prompts), then the
-    arm's overrides."""
+    arm's overrides. Values `cfg` left unset stay unset (`apply_overrides`), so PPO still derives
+    the batch sizes an arm's overrides change."""
     return apply_overrides(
         cfg,
         [
@@ -87,28 +90,44 @@ def ppo_arm(cfg: Config, out_dir: Path, name: str, overrides: Sequence[str], sta
     the arm's overrides of the study's job, in `out_dir/ppo-<name>`."""
     from tandem.recipes import ppo
 
-    summary = ppo.run(arm_config(cfg, out_dir, f"ppo-{name}", overrides, stages), rm_path=stages.rm)
+    arm_cfg = arm_config(cfg, out_dir, f"ppo-{name}", overrides, stages)
+    summary = ppo.run(arm_cfg, rm_path=stages.rm)
     run_dir = Path(summary["run_dir"])
     kept = {
         int(folder.name.removeprefix("step_")): str(folder / "policy" / "model")
         for folder in sorted((run_dir / "checkpoints").glob("step_*"))
         if (folder / "policy" / "model").is_dir()
     }
-    return Arm(name, run_dir, summary["final_model"], kept, summary["steps"])
+    return Arm(name, run_dir, summary["final_model"], kept, summary["steps"], arm_cfg)
 
 
 def dpo_arm(cfg: Config, out_dir: Path, name: str, overrides: Sequence[str], stages: Stages) -> Arm:
     """Run DPO from the SFT model with `study.dpo_config` and the arm's overrides, in
-    `out_dir/dpo-<name>`, with the study's seed and W&B settings."""
+    `out_dir/dpo-<name>`, with the study's seed and W&B settings; `dpo.judge_model` is the study's
+    reward model (what `dpo.judge: rm` labels on-policy pairs with).
+
+    On-policy pairs depend only on the SFT model, the seed, the prompts and the judge, so arms that
+    share those share one set (`out_dir/pairs-<judge>-<num_train>-<seed>.jsonl`, copied into each
+    arm's run folder, where the DPO recipe looks for them first) rather than sampling and judging
+    them again."""
     from tandem.config import load_config
     from tandem.recipes import dpo
 
     if cfg.study.dpo_config is None:
         raise UserError("`study.dpo_arms` needs `study.dpo_config` (the DPO runs' job file)")
-    base = load_config(cfg.study.dpo_config, [f"run.seed={cfg.run.seed}"])
+    base = load_config(cfg.study.dpo_config, [f"run.seed={cfg.run.seed}", f"dpo.judge_model={stages.rm}"])
     base = base.model_copy(update={"wandb": cfg.wandb})
-    summary = dpo.run(arm_config(base, out_dir, f"dpo-{name}", overrides, stages))
-    return Arm(name, Path(summary["run_dir"]), summary["final_model"], {}, summary["steps"])
+    arm_cfg = arm_config(base, out_dir, f"dpo-{name}", overrides, stages)
+    run_dir = out_dir / f"dpo-{name}"
+    on_policy = arm_cfg.dpo.pairs == "policy"
+    shared = out_dir / f"pairs-{arm_cfg.dpo.judge}-{arm_cfg.data.num_train}-{arm_cfg.run.seed}.jsonl"
+    if on_policy and shared.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared, run_dir / "policy_pairs.jsonl")
+    summary = dpo.run(arm_cfg)
+    if on_policy and not shared.is_file():
+        shutil.copyfile(run_dir / "policy_pairs.jsonl", shared)
+    return Arm(name, run_dir, summary["final_model"], {}, summary["steps"], arm_cfg)
 
 
 def rm_scorer(cfg: Config, rm_path: str):
@@ -127,15 +146,23 @@ def rm_scorer(cfg: Config, rm_path: str):
     return lambda prompts, responses: scorer.score(prompts, responses).total
 
 
-def evaluate(cfg: Config, policies: dict[str, str], stages: Stages) -> tuple[HeldOut, dict[str, Evaluation]]:
-    """Each policy (name -> model directory) on the same `data.num_eval` held-out prompts: the
-    evaluation (gold) reward of greedy and sampled answers, the reward model's (proxy) score of the
-    same answers (metrics "{mode}/rm"), lengths, and the KL to the SFT model."""
-    from tandem.recipes.evaluate import evaluate_policy, held_out
+def held_out_set(cfg: Config) -> HeldOut:
+    """The study's `data.num_eval` held-out prompts and evaluation reward, or a UserError."""
+    from tandem.recipes.evaluate import held_out
 
     held = held_out(cfg, "rl", cfg.data.num_eval)
     if isinstance(held, str):
         raise UserError(f"a study needs its held-out evaluation; {held}")
+    return held
+
+
+def evaluate(cfg: Config, policies: dict[str, str], stages: Stages) -> tuple[HeldOut, dict[str, Evaluation]]:
+    """Each policy (name -> model directory) on the same `data.num_eval` held-out prompts: the
+    evaluation (gold) reward of greedy and sampled answers, the reward model's (proxy) score of the
+    same answers (metrics "{mode}/rm"), lengths, and the KL to the SFT model."""
+    from tandem.recipes.evaluate import evaluate_policy
+
+    held = held_out_set(cfg)
     proxies = {"rm": rm_scorer(cfg, stages.rm)}
     results = {}
     for name, path in policies.items():
@@ -164,9 +191,13 @@ def write_table(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     summary: dict[str, Any],
+    row_summary: bool = False,
 ) -> Path:
     """The study's table: `out_dir/table.json` ({"columns", "rows", "summary"}), printed, and logged
-    like every job's metrics (`tandem.tracking`: W&B table "study" and the run summary)."""
+    like every job's metrics (`tandem.tracking`: W&B table "study" and the run summary).
+
+    `row_summary` (for tables of one row per policy): the W&B run summary also holds every number
+    of the rows as `<first cell>/<column>`, so study runs compare side by side in W&B's run table."""
     from tandem.tracking import Tracker
 
     path = out_dir / "table.json"
@@ -176,11 +207,18 @@ def write_table(
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     with Tracker(out_dir, cfg.wandb, cfg.run.name, f"study-{study}", cfg.model_dump(mode="json")) as tracker:
         tracker.table("study", list(columns), [list(r) for r in rows], step=0)
-        tracker.summary(summary)
+        numbers = (
+            (f"{row[0]}/{column}", v)
+            for row in (rows if row_summary else ())
+            for column, v in zip(columns[1:], row[1:])
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+        tracker.summary(dict(numbers) | summary)
     return path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing to files."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
@@ -203,7 +241,7 @@ def plot_panels(
 ) -> Path:
     """One PNG of side-by-side panels (panel title -> series label -> Series), error bars where
     given; `style` "o" draws points, ".-" lines through them; `xticks` names x = 0, 1, ... (policies)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for label, (xs, ys, errs) in series.items():
@@ -259,6 +297,7 @@ def run_study(name: str, cfg: Config) -> dict[str, Any]:
     from tandem.cluster.runtime import ray_cluster
     from tandem.recipes.ppo_roles import Roles
 
+    held_out_set(cfg)  # a study without its held-out evaluation fails before it trains anything
     out_dir = Path(cfg.run.output_dir) / cfg.run.name
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"run folder {out_dir} is not empty: pick another run.name or move it away")
