@@ -1,6 +1,7 @@
 """The reference actor: a frozen copy of the initial policy that scores responses with per-token
 logprobs, in the rollout layout (response tokens only, one value per token), for the KL penalty.
-It reads the step's `Rows` from the object store, like the learners."""
+It reads the step's `Rows` from the object store, like the learners, or (`logprobs_of_draws`) builds
+them from the engines' answers, so its pass starts the moment a batch is drawn."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ from typing import TYPE_CHECKING, Any
 from tandem.config import Config
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
+    from tandem.actors.samples import SampleBatch
     from tandem.models.rows import Rows
 
 
 class ReferenceModel:
     """The body of the reference actor (`ray.remote(ReferenceModel)`; usable in-process too)."""
 
-    def __init__(self, path: str, dtype: str = "float32", batch_size: int = 32) -> None:
+    def __init__(
+        self, path: str, dtype: str = "float32", batch_size: int = 32, core_sharers: int | None = None
+    ) -> None:
+        """`core_sharers`: compute with the node's cores split that many ways (PPO says how many
+        roles compute beside it: `Roles._scorers`); None keeps Ray's count."""
         import torch
 
-        from tandem.cluster.runtime import setup_env
+        from tandem.cluster.runtime import core_share, setup_env
         from tandem.models import load_causal_lm, load_tokenizer
 
         setup_env()
@@ -28,6 +36,7 @@ class ReferenceModel:
         self.model = load_causal_lm(path, dtype).eval().requires_grad_(False).to(self.device)
         self.pad_id = load_tokenizer(path).pad_token_id
         self.batch_size = batch_size
+        self.threads = torch.get_num_threads() if core_sharers is None else core_share(core_sharers)
 
     def logprobs(self, rows: Rows) -> np.ndarray:
         """log p_ref(response[t] | prompt, response[:t]) of every response token, in the rollout
@@ -37,13 +46,24 @@ class ReferenceModel:
         from tandem.models.rows import concat_rows
         from tandem.models.tokens import token_logprobs
 
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows.select(slice(start, start + self.batch_size))
-                logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
-                out.append(chunk.from_targets(logprobs, target_mask))
+        out, shared = [], torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows.select(slice(start, start + self.batch_size))
+                    logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
+                    out.append(chunk.from_targets(logprobs, target_mask))
+        finally:
+            torch.set_num_threads(shared)
         return concat_rows(out)
+
+    def logprobs_of_draws(self, prompt_ids: Sequence[Sequence[int]], *parts: SampleBatch) -> np.ndarray:
+        """`logprobs` of the engines' answers to one request (`parts` in request order; a Ray call
+        given their refs runs as soon as they are drawn), `prompt_ids` being the request's prompts."""
+        from tandem.actors.samples import SampleBatch
+
+        return self.logprobs(SampleBatch.concat(parts).rows(prompt_ids, self.pad_id))
 
 
 def make_reference_actor(
@@ -52,10 +72,12 @@ def make_reference_actor(
     cpus: float | None = None,
     gpus: float | None = None,
     placement: tuple[Any, int] | None = None,
+    core_sharers: int | None = None,
 ) -> Any:
     """Start the reference actor for the policy at `path` (default: `cfg.model.path`), in the
     engines' dtype (`model.dtype`), placed and batched by the `reference` section (`cpus`/`gpus`
-    override it; `placement` = (placement group, bundle index) colocates it there)."""
+    override it; `placement` = (placement group, bundle index) colocates it there; `core_sharers`: see
+    `ReferenceModel`)."""
     import ray
 
     from tandem.cluster.runtime import placement_options, worker_env
@@ -67,4 +89,4 @@ def make_reference_actor(
         **placement_options(ref.resources, placement),
         runtime_env={"env_vars": worker_env()},
     )
-    return actor.remote(path or cfg.model.path, cfg.model.dtype, ref.batch_size)
+    return actor.remote(path or cfg.model.path, cfg.model.dtype, ref.batch_size, core_sharers)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandem.actors.http_reward import post_rewards
 from tandem.config import Config, RewardComponent
 from tandem.errors import UserError
+
+if TYPE_CHECKING:
+    from tandem.actors.samples import SampleBatch
 
 Prompt = str | Sequence[Mapping[str, Any]]  # text, or chat messages
 
@@ -280,6 +283,14 @@ class RewardScorer:
             parts["length_debias"] = length_debias(fitted, lengths, groups)
             total = [t + c for t, c in zip(total, parts["length_debias"])]
         return RewardResult(total, parts)
+
+    def score_draws(self, prompts: Sequence[Prompt], *parts: SampleBatch) -> RewardResult:
+        """`score` of the engines' answers to one request (`parts` in request order; a Ray call given
+        their refs runs as soon as they are drawn), `prompts` being the request's prompts."""
+        from tandem.actors.samples import SampleBatch
+
+        drawn = SampleBatch.concat(parts)
+        return self.score([prompts[i] for i in drawn.prompt_index.tolist()], drawn.texts)
 
 
 def make_reward_actor(

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tandem.models.rows import Rows
 
 
 @dataclass
@@ -71,3 +75,15 @@ class SampleBatch:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def responses(self) -> list[np.ndarray]:
+        """Each sample's response ids, unpadded."""
+        return [row[:n] for row, n in zip(self.response_ids, self.lengths.tolist())]
+
+    def rows(self, prompt_ids: Sequence[Sequence[int]], pad_id: int, **per_token: Any) -> Rows:
+        """The token layout of prompt + response per sample (`prompt_ids`: the request's prompts,
+        which `prompt_index` points into), with any (N, R) per-token arrays."""
+        from tandem.models.rows import Rows
+
+        prompts = [prompt_ids[i] for i in self.prompt_index.tolist()]
+        return Rows.from_ids(prompts, self.responses(), pad_id, **per_token)

@@ -84,6 +84,7 @@ class Call:
     method: str
     args: tuple
     ref: Any
+    actor: Any  # the actor it went to
     late: bool = False  # issued again after its actor missed the deadline
 
 
@@ -110,18 +111,22 @@ class Restartable:
         self.node = wait_ready({self.name: self.actor}, self.asks, self.startup_s)[self.name]
 
     def submit(self, method: str, *args: Any) -> Call:
-        return Call(method, args, getattr(self.actor, method).remote(*args))
+        return Call(method, args, getattr(self.actor, method).remote(*args), self.actor)
 
     def result(self, call: Call, timeout_s: float) -> Any:
         """The result of `call`; if the actor dies or the call misses `timeout_s`, the actor is
-        started again and the call issued again (see `Heals`)."""
+        started again and the call issued again (see `Heals`). A call made before an earlier
+        heal (a batch scored ahead) is issued again on the new actor, without healing it again."""
         while True:
             try:
                 return get_one(call.ref, call.method, timeout_s, Callee(self.name, None, self.node))
             except RoleError as err:
+                if call.actor is not self.actor and err.kind in HEALABLE:
+                    call.ref, call.actor = getattr(self.actor, call.method).remote(*call.args), self.actor
+                    continue
                 heal = self.heals.begin(err, again=call.late)
                 self.restart()
-                call.ref = getattr(self.actor, call.method).remote(*call.args)
+                call.ref, call.actor = getattr(self.actor, call.method).remote(*call.args), self.actor
                 call.late = err.kind == "late"
                 self.heals.done(heal, str(err), f"started it again and issued {call.method!r} again")
 

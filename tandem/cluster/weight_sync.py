@@ -220,13 +220,20 @@ class WeightSync:
     def sync(self, version: int | None = None) -> list[int]:
         """Stream the learner's current weights into every engine; returns the engines' new versions
         (`version`, else each one's next)."""
+        return self.finish(self.start(version))
+
+    def start(self, version: int | None = None) -> list[Any]:
+        """Start the stream; returns its calls, for `finish`. Every member runs its calls in order:
+        an engine loads the weights after the calls made to it before, and the calls made after
+        wait for them; so does a learner's next call."""
         if self._store is None:
             self.setup()
         receives = [engine.receive_weights.remote(version) for engine in self.engines]
-        sends = [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners]
+        return [learner.sync_weights.remote(self.bucket_mb) for learner in self.learners] + receives
+
+    def finish(self, calls: list[Any]) -> list[int]:
+        """Wait for a stream's `calls`; the engines' new versions."""
         # Fails at the first member to fail: the others would sit in the broadcast until its timeout.
         # The group is then unusable (its members time out): the job's roles are restarted.
-        results = get(
-            sends + receives, "weight sync", self.timeout_s, self._learner_callees + self._engine_callees
-        )
-        return results[len(sends) :]
+        results = get(calls, "weight sync", self.timeout_s, self._learner_callees + self._engine_callees)
+        return results[len(self.learners) :]

@@ -104,6 +104,7 @@ class DeepSpeedLearner:
         self.model: Any = None
         self.device = torch.device("cpu")
         self.max_nonfinite_steps = 3  # skipped optimizer steps in a row before NonFiniteError
+        self.core_sharers = 1  # the node's cores are split this many ways (see `learners.threads`)
 
     # -- hooks for subclasses -----------------------------------------------------------------
 
@@ -338,6 +339,10 @@ class DeepSpeedLearner:
         rng_file = Path(path) / "rng" / f"rank{self.rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
+
+    def share_cores(self, sharers: int) -> None:
+        """Train on the node's cores split `sharers` ways from the next call on (`CoreSplit`)."""
+        self.core_sharers = sharers
 
     def _barrier(self) -> None:
         import torch.distributed as dist

@@ -22,6 +22,7 @@ from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder, load_prompts
 from tandem.learners.finite import RewardGuard
+from tandem.learners.threads import CoreSplit
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
@@ -86,10 +87,13 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
     )
     rewards = RewardGuard(p.max_nonfinite_steps)
     ahead: dict[int, Generation] = {}  # step -> its batch, being drawn or drawn
+    state: dict[str, Any] = {}
     if run.resume_from is not None:
         state = roles.restore(run.resume_from)
         kl_ctl.load_state_dict(state["kl_controller"])
         ahead = {g["step"]: Generation.from_state_dict(g) for g in state.get("ahead", [])}
+    on_cpu = not cfg.learner.gpus_per_rank
+    split = CoreSplit(bool(p.max_staleness and on_cpu and not cfg.learner.threads), state.get("core_split"))
 
     def start(first: int, last: int) -> None:
         for s in range(first, min(last, p.steps) + 1):
@@ -107,6 +111,8 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         start(step + 1, step + p.max_staleness)  # drawn while this batch is scored and trained
         with timed(t, "score", cpu):
             true_rewards = roles.score(batch)
+        if (sharers := split.sharers(step)) is not None:
+            roles.share_learner_cores(sharers)
         if finite := rewards.check(batch.scores, step):
             metrics = _learn(cfg, roles, batch, true_rewards, kl_ctl, t, cpu, step)
         else:  # nothing trained: the weights and KL controller stay; the sync still counts the step
@@ -120,6 +126,10 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         }
         metrics |= t | _throughput(batch, t) | cpu.utilisation()
         metrics |= _overhead(metrics, time.perf_counter() - step_started)
+        if finite:  # a skipped update's step says nothing of the learners' speed
+            split.record(step, time.perf_counter() - step_started, float(batch.lengths().sum()))
+        if sharers is not None:
+            metrics["perf/learner_core_share"] = 1 / sharers
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
             run.tracker.table(
@@ -144,11 +154,13 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
                     "kl_controller": kl_ctl.state_dict(),
                     "samples_seen": step * len(batch),
                     "ahead": [ahead[s].state_dict() for s in sorted(ahead)],
+                    "core_split": split.state_dict(),
                     **layout(cfg.learner),
                 },
             )
         if stopping:
             break
+    roles.finish_sync()  # the last stream's failure is the job's
     bar.close()
     return step
 

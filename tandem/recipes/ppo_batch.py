@@ -61,6 +61,7 @@ class RolloutBatch:
     truncated: Tensor  # (B,) bool: hit max_response_len without EOS
     # Filled by the scoring stages:
     rows: Any = None  # object-store ref of the batch's `Rows` (tokens, mask, behaviour logprobs)
+    scoring: Any = None  # reward and reference calls made on the engines' answers as they were drawn
     scores: Tensor | None = None  # (B,) summed reward
     reward_components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
     old_logprobs: Tensor | None = None  # (B, R) pi_old from the learner, when a pass of its own
@@ -197,6 +198,8 @@ class Generation:
         self.step, self.prompt_ids, self.prompt_texts = step, prompt_ids, prompt_texts
         self._request, self._drawn = request, drawn
         self.version_offset = version_offset
+        self.scoring: Any = None  # calls started on the engines' answers (`Roles.start_generation`)
+        self._scored_refs = [s.ref for s in request.shares] if request is not None else []
 
     def result(self) -> SampleBatch:
         """The samples; an engine lost meanwhile is healed and its prompts drawn again (see
@@ -210,7 +213,14 @@ class Generation:
         return self._drawn
 
     def batch(self) -> RolloutBatch:
-        return RolloutBatch.from_draw(self.result(), self.prompt_ids, self.prompt_texts)
+        """The samples as a batch, with the scoring calls made on them while they were drawn when
+        those calls read these very answers (no engine was healed and its share drawn again)."""
+        batch = RolloutBatch.from_draw(self.result(), self.prompt_ids, self.prompt_texts)
+        if self._request is not None and all(
+            s.ref is ref for s, ref in zip(self._request.shares, self._scored_refs, strict=True)
+        ):
+            batch.scoring = self.scoring
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready (float32 values round-trip exactly): what a checkpoint keeps of a batch drawn ahead."""

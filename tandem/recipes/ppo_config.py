@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from tandem.algos import get_adv_est
+from tandem.algos import ADV_ESTIMATORS, get_adv_est
 from tandem.config import Config, LearnerConfig, TimeoutsConfig
 from tandem.errors import UserError
 
@@ -72,3 +72,39 @@ def learner_deadlines(t: TimeoutsConfig) -> dict[str, float]:
         "save": t.checkpoint_s,
         "load": t.checkpoint_s,
     }
+
+
+def colocated_placement(cfg: Config) -> Any:
+    """The policy's placement group, sized for the roles `ppo.colocate` puts in it; None when
+    nothing is colocated (the policy group then makes its own)."""
+    import uuid
+
+    from tandem.cluster.groups import make_placement_group
+
+    co = cfg.ppo.colocate
+    if not co:
+        return None
+    lc, cpus, gpus = cfg.learner, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank
+    if "critic" in co:
+        if not needs_critic(cfg) or cfg.critic.world_size != lc.world_size:
+            with_critic = " or ".join(n for n in ADV_ESTIMATORS.names() if get_adv_est(n).needs_critic)
+            raise UserError(
+                "ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
+                f"a ppo.advantage that trains a critic ({with_critic}) and "
+                f"critic.world_size = learner.world_size ({lc.world_size}); "
+                f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}"
+            )
+        cpus, gpus = cpus + cfg.critic.cpus_per_rank, gpus + cfg.critic.gpus_per_rank
+    singles = [
+        section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co
+    ]
+    extra = {"CPU": sum(x.cpus for x in singles), "GPU": sum(x.gpus for x in singles)}
+    return make_placement_group(
+        lc.world_size,
+        cpus,
+        gpus,
+        lc.placement,
+        name=f"policy-{uuid.uuid4().hex[:8]}",
+        resources=lc.resources,
+        first_bundle_extra=extra,
+    )

@@ -16,15 +16,13 @@ from typing import Any, Self
 
 import torch
 
-from tandem.algos import ADV_ESTIMATORS, get_adv_est
 from tandem.cluster.groups import ActorGroup
 from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
-from tandem.errors import UserError
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, widen
-from tandem.recipes.ppo_config import learner_deadlines, needs_critic
+from tandem.recipes.ppo_config import colocated_placement, learner_deadlines, needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
 
 # Per-response-token arrays each learner trains on, by role, beside the batch's rows (pi_old only
@@ -39,6 +37,8 @@ class Roles:
         self.cfg = cfg
         self._groups: list[Any] = []
         self._placement: Any = None  # the policy's placement group, when roles are colocated in it
+        self._learner_sharers = 1
+        self._sync: tuple[Any, list, int] | None = None  # the weight stream in flight
         try:
             self._start(rm_path)
         except BaseException:
@@ -70,9 +70,9 @@ class Roles:
         self.rng = random.Random(cfg.run.seed)
         # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
-        shared = self._colocated_placement()
-        # Asynchronous: the engines generate beside the learners, on half the cores; the learners keep
-        # them all (the engines are done early in an update: measured faster, see the README).
+        shared = self._placement = colocated_placement(cfg)
+        # Asynchronous: the engines generate beside the learners, on half the cores; the learners take
+        # all of them or the other half (`CoreSplit`).
         sharers = 2 if p.max_staleness else 1
         self.policy = self._learners(
             "policy",
@@ -107,7 +107,9 @@ class Roles:
         co, startup_s = {r: (shared, 0) for r in p.colocate}, cfg.run.timeouts.startup_s
         start = partial(make_reward_actor, cfg, rm_path, co.get("reward"))
         self.reward = Restartable("reward actor", start, _asks(cfg.reward), startup_s, heals)
-        start = partial(make_reference_actor, cfg, path, placement=co.get("reference"))
+        start = partial(
+            make_reference_actor, cfg, path, placement=co.get("reference"), core_sharers=self._scorers()
+        )
         self.reference = Restartable("reference actor", start, _asks(cfg.reference), startup_s, heals)
         self._groups += [self.reward, self.reference]
         # Both groups set up at once; each collects its own ranks' answers.
@@ -122,6 +124,16 @@ class Roles:
         # The policy version (optimizer steps taken) is version + version_offset: a resumed job's
         # fresh engines count from 0 again.
         self.version_offset = 0
+
+    def _scorers(self) -> int:
+        """The reference's share of the cores while it scores. Synchronous: every role computing then
+        (the reference, a reward model, the learners' pi_old or value pass) splits them. Async: it
+        scores once a batch is drawn, on the engines' half, beside the learners' update."""
+        cfg = self.cfg
+        models = sum(c.kind == "model" for c in cfg.reward.components)
+        if cfg.ppo.max_staleness:
+            return 2 * (1 + models)
+        return 1 + models + self.needs_old_logprobs() + needs_critic(cfg)
 
     def _weight_sync(self, engines: list | None = None, nodes: list | None = None) -> Any:
         """The broadcast group from the policy to `engines` (default: every engine in service)."""
@@ -140,42 +152,6 @@ class Roles:
         if engine is not None and armed and self.version > 0:
             self._weight_sync([engine], [node]).sync(self.version)
         self.weight_sync = self._weight_sync()
-
-    def _colocated_placement(self) -> Any:
-        """The policy's placement group, sized for the roles `ppo.colocate` puts in it; None when
-        nothing is colocated (the policy group then makes its own)."""
-        import uuid
-
-        from tandem.cluster.groups import make_placement_group
-
-        cfg, co = self.cfg, self.cfg.ppo.colocate
-        if not co:
-            return None
-        lc, cpus, gpus = cfg.learner, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank
-        if "critic" in co:
-            if not needs_critic(cfg) or cfg.critic.world_size != lc.world_size:
-                with_critic = " or ".join(n for n in ADV_ESTIMATORS.names() if get_adv_est(n).needs_critic)
-                raise UserError(
-                    "ppo.colocate: the critic colocates rank by rank with the policy, so it needs "
-                    f"a ppo.advantage that trains a critic ({with_critic}) and "
-                    f"critic.world_size = learner.world_size ({lc.world_size}); "
-                    f"got {cfg.ppo.advantage!r} and {cfg.critic.world_size}"
-                )
-            cpus, gpus = cpus + cfg.critic.cpus_per_rank, gpus + cfg.critic.gpus_per_rank
-        singles = [
-            section for name, section in (("reference", cfg.reference), ("reward", cfg.reward)) if name in co
-        ]
-        extra = {"CPU": sum(x.cpus for x in singles), "GPU": sum(x.gpus for x in singles)}
-        self._placement = make_placement_group(
-            lc.world_size,
-            cpus,
-            gpus,
-            lc.placement,
-            name=f"policy-{uuid.uuid4().hex[:8]}",
-            resources=lc.resources,
-            first_bundle_extra=extra,
-        )
-        return self._placement
 
     def _learners(
         self, role: str, cls: type, lc: LearnerConfig, path: str, total_steps: int, placement: Any, **kwargs
@@ -219,9 +195,17 @@ class Roles:
         ids = [prompt_ids(self.tokenizer, q)[-self.cfg.model.max_prompt_len :] for q in prompts]
         seed = random.Random(self.cfg.run.seed * 1_000_003 + step).randrange(1 << 31)
         request = self.rollout.submit("draw", ids, n=self.cfg.ppo.samples_per_prompt, seed=seed)
-        return Generation(
+        gen = Generation(
             step, ids, [prompt_text(q) for q in prompts], request=request, version_offset=self.version_offset
         )
+        # Scored as soon as drawn: Ray runs these once the engines' answers exist, without a round
+        # trip through this driver, and (asynchronous) while the learners train on the batch before.
+        draws = [share.ref for share in request.shares]
+        gen.scoring = (
+            self.reward.submit("score_draws", gen.prompt_texts, *draws),
+            self.reference.submit("logprobs_of_draws", ids, *draws),
+        )
+        return gen
 
     def finish_generation(self, gen: Generation) -> RolloutBatch:
         """Wait for a generation; refuses samples more than `ppo.max_staleness` policy versions behind
@@ -258,8 +242,11 @@ class Roles:
             behaviour_logprobs=batch.rollout_logprobs,
         )
         batch.rows = ray.put(rows)
-        reward_call = self.reward.submit("score", batch.prompts, batch.responses)
-        ref_call = self.reference.submit("logprobs", batch.rows)
+        if batch.scoring is not None:
+            reward_call, ref_call = batch.scoring
+        else:  # restored from a checkpoint, or an engine's share was drawn again
+            reward_call = self.reward.submit("score", batch.prompts, batch.responses)
+            ref_call = self.reference.submit("logprobs", batch.rows)
         policy_refs = critic_refs = None
         if self.needs_old_logprobs():
             policy_refs = self.policy.async_call_per_rank("logprobs", _shards(self.policy, batch))
@@ -311,17 +298,34 @@ class Roles:
         out = {k: v / steps for k, v in sums.items()} | maxima | {f"perf/{prefix}_learner_s": learner_s}
         return {(k if "/" in k else f"{prefix}/{k}"): v for k, v in out.items()}
 
+    def share_learner_cores(self, sharers: int) -> None:
+        """The learners train on their node's cores split `sharers` ways from now on (`CoreSplit`)."""
+        if sharers != self._learner_sharers:
+            for group in self.learner_groups().values():
+                group.call("share_cores", sharers)
+            self._learner_sharers = sharers
+
     def sync_weights(self) -> None:
-        """Stream the policy's weights to every engine; they then sample with the new version (once
-        the generations submitted before this call are done). An engine found dead first is
-        replaced, and loads them with the others."""
+        """Start streaming the policy's weights to every engine, once the previous stream is checked
+        done. Engines sample with the new version in the calls made after this one (once those made
+        before are done), and the learners' next calls wait for the stream too, so nothing here
+        does: an engine loads while the driver goes on. An engine found dead first is replaced,
+        and loads the weights with the others."""
         from tandem.actors.rollout_request import heal_dead
 
+        self.finish_sync()
         heal_dead(self.rollout)
-        versions = self.weight_sync.sync(self.version + 1)
         self.version += 1
-        if set(versions) != {self.version}:
-            raise RuntimeError(f"engines report weight versions {versions} after sync {self.version}")
+        self._sync = (self.weight_sync, self.weight_sync.start(self.version), self.version)
+
+    def finish_sync(self) -> None:
+        """Wait for the weight stream in flight, if any; an error if an engine did not load it."""
+        if self._sync is not None:
+            sync, calls, version = self._sync
+            self._sync = None
+            versions = sync.finish(calls)
+            if set(versions) != {version}:
+                raise RuntimeError(f"engines report weight versions {versions} after sync {version}")
 
     # -- checkpoints --------------------------------------------------------------------------
 

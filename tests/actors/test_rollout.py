@@ -93,6 +93,40 @@ def test_rollout_logprobs_match_reference_actor(ray_session, samples):
     assert (ref_lp[rows["mask"].numpy() == 0] == 0).all()  # padding stays 0
 
 
+def test_scoring_chained_on_the_draws_equals_scoring_the_batch(ray_session, group, prompt_ids, tokenizer):
+    """PPO hands the reference and reward actors the engines' answers as refs, before they are drawn
+    (Ray runs the calls once they are): the same numbers as the driver's batch scored afterwards."""
+    import numpy as np
+
+    from tandem.actors.reference import make_reference_actor
+    from tandem.actors.reward import make_reward_actor
+    from tandem.models.rows import Rows
+    from tandem.recipes.ppo_batch import Generation
+
+    # The task's reward scores nearly every answer of a random model 0: one of length instead.
+    path = "tests.recipes.rewards:short_answer"
+    cfg = Config.model_validate(
+        CFG.model_dump() | {"reward": {"components": [{"kind": "function", "path": path}]}}
+    )
+    request = group.submit("draw", prompt_ids, n=2, seed=5)
+    draws = [share.ref for share in request.shares]
+    assert len(draws) == 2  # both engines' answers, in request order
+    ref, reward = make_reference_actor(cfg, cpus=0.5), make_reward_actor(cfg)
+    chained = [ref.logprobs_of_draws.remote(prompt_ids, *draws), reward.score_draws.remote(PROMPTS, *draws)]
+    batch = Generation(1, prompt_ids, PROMPTS, request=request).batch()
+    rows = Rows.from_ids(batch.prompt_ids, batch.responses_ids(), tokenizer.pad_token_id)
+    direct = [ref.logprobs.remote(ray_session.put(rows)), reward.score.remote(batch.prompts, batch.responses)]
+    (ref_chained, reward_chained), (ref_direct, reward_direct) = (
+        ray_session.get(chained),
+        ray_session.get(direct),
+    )
+    for actor in (ref, reward):
+        ray_session.kill(actor)
+    assert np.array_equal(ref_chained, ref_direct) and ref_direct.shape == tuple(batch.mask.shape)
+    assert reward_chained == reward_direct and len(reward_direct.total) == 2 * len(PROMPTS)
+    assert len(set(reward_direct.total)) > 1  # real scores of real answers, not a constant
+
+
 def test_engine_score_equals_sample_logprobs(ray_session, group, samples):
     # One engine scores every sample, also those another engine drew (they hold the same weights).
     scored = ray_session.get(

@@ -68,3 +68,22 @@ def test_a_dead_actor_is_started_again_and_its_call_issued_again(ray_session):
     with pytest.raises(RoleError, match="no restarts in place left"):  # the budget is spent
         counter.result(counter.submit("add", 0, 3), 60)
     counter.shutdown()
+
+
+def test_a_call_made_before_a_heal_goes_to_the_new_actor_without_healing_it_again(ray_session):
+    # As a batch scored ahead: its call was queued on the actor that died answering an earlier one.
+    import ray
+
+    heals = Heals("run.max_actor_restarts", 3)
+    counter = Restartable(
+        "counter", ray.remote(Counter).options(num_cpus=0.1).remote, {"CPU": 0.1}, 60, heals
+    )
+    counter.ready()
+    # The first process dies on its 2nd call; its replacement answers that one as its own 1st call.
+    warm, first, queued = counter.submit("add", 0), counter.submit("add", 1, 2), counter.submit("add", 2)
+    assert counter.result(warm, 60)[0] == 1
+    assert counter.result(first, 60)[0] == 2 and heals.count == 1
+    value, pid = counter.result(queued, 60)
+    assert value == 3 and heals.count == 1
+    assert counter.result(counter.submit("add", 0), 60)[1] == pid  # still the one started by the heal
+    counter.shutdown()
