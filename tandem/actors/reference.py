@@ -22,10 +22,16 @@ class ReferenceModel:
     """The body of the reference actor (`ray.remote(ReferenceModel)`; usable in-process too)."""
 
     def __init__(
-        self, path: str, dtype: str = "float32", batch_size: int = 32, core_sharers: int | None = None
+        self,
+        path: str,
+        dtype: str = "float32",
+        batch_size: int = 32,
+        core_sharers: int | None = None,
+        min_forward_tokens: int = 1024,
     ) -> None:
         """`core_sharers`: compute with the node's cores split that many ways (PPO says how many
-        roles compute beside it: `Roles._scorers`); None keeps Ray's count."""
+        roles compute beside it: `Roles._scorers`); None keeps Ray's count. `min_forward_tokens`:
+        see `Rows.length_groups`."""
         import torch
 
         from tandem.cluster.runtime import core_share, setup_env
@@ -35,28 +41,29 @@ class ReferenceModel:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_causal_lm(path, dtype).eval().requires_grad_(False).to(self.device)
         self.pad_id = load_tokenizer(path).pad_token_id
-        self.batch_size = batch_size
+        self.batch_size, self.min_forward_tokens = batch_size, min_forward_tokens
         self.threads = torch.get_num_threads() if core_sharers is None else core_share(core_sharers)
 
     def logprobs(self, rows: Rows) -> np.ndarray:
         """log p_ref(response[t] | prompt, response[:t]) of every response token, in the rollout
-        layout (B, R); `batch_size` rows per forward."""
+        layout (B, R); at most `batch_size` rows per forward, in groups of like length."""
         import torch
 
-        from tandem.models.rows import concat_rows
+        from tandem.models.rows import place_rows
         from tandem.models.tokens import token_logprobs
 
         out, shared = [], torch.get_num_threads()
+        groups = rows.length_groups(self.min_forward_tokens, self.batch_size)
         torch.set_num_threads(self.threads)
         try:
             with torch.no_grad():
-                for start in range(0, len(rows), self.batch_size):
-                    chunk = rows.select(slice(start, start + self.batch_size))
+                for group in groups:
+                    chunk = rows.select(group)
                     logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
                     out.append(chunk.from_targets(logprobs, target_mask))
         finally:
             torch.set_num_threads(shared)
-        return concat_rows(out)
+        return place_rows(out, groups)
 
     def logprobs_of_draws(self, prompt_ids: Sequence[Sequence[int]], *parts: SampleBatch) -> np.ndarray:
         """`logprobs` of the engines' answers to one request (`parts` in request order; a Ray call
@@ -89,4 +96,6 @@ def make_reference_actor(
         **placement_options(ref.resources, placement),
         runtime_env={"env_vars": worker_env()},
     )
-    return actor.remote(path or cfg.model.path, cfg.model.dtype, ref.batch_size, core_sharers)
+    return actor.remote(
+        path or cfg.model.path, cfg.model.dtype, ref.batch_size, core_sharers, cfg.learner.min_forward_tokens
+    )

@@ -140,6 +140,11 @@ class LearnerConfig(_Section):
     """Sequences per rank per forward/backward (PPO, when unset: cut to divide a rank's share of a minibatch)."""
     global_batch_size: int = Field(64, ge=1)
     """Sequences per optimizer step over all ranks (PPO, when unset: one minibatch of the rollout batch)."""
+    min_forward_tokens: int = Field(1024, ge=1)
+    """PPO: the rows of a micro-batch (and of the reference's and scoring passes' batches) are sorted
+    by length and run as up to 8 forwards of like length, each of at least this many padded tokens
+    on average: less padding, and attention costs the square of the width. The gradient is the same
+    (one backward, token-weighted). Raise it past a micro-batch's tokens for one forward each."""
     cpus_per_rank: float = Field(1.0, gt=0)
     """Ray CPUs of each rank."""
     gpus_per_rank: float = Field(0.0, ge=0)

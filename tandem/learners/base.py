@@ -223,7 +223,7 @@ class DeepSpeedLearner:
             if self.engine.is_gradient_accumulation_boundary():
                 norm = self._full_grad_norm()
             self.engine.step()
-            _accumulate(sums, {"loss": loss.item(), **metrics}, weight)
+            accumulate(sums, {"loss": loss.item(), **metrics}, weight)
         out = self._reduce_metrics(sums)
         if norm is None:
             norm = self.engine.get_global_grad_norm()
@@ -264,7 +264,7 @@ class DeepSpeedLearner:
         for i in range(n_chunks):
             loss, units, metrics = self.compute_loss(self.collate(chunks[min(i, len(chunks) - 1)]))
             if i < len(chunks):
-                _accumulate(sums, {"loss": loss.item(), **metrics}, units / total_units)
+                accumulate(sums, {"loss": loss.item(), **metrics}, units / total_units)
         return self._reduce_metrics(sums)
 
     def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
@@ -365,7 +365,9 @@ class DeepSpeedLearner:
         return send_weights(self, bucket_mb)
 
 
-def _accumulate(sums: dict[str, float], metrics: dict[str, float], weight: float) -> None:
+def accumulate(sums: dict[str, float], metrics: dict[str, float], weight: float) -> None:
+    """Add one part's metrics into `sums` with `weight` (its share of the units); "*_max" metrics
+    keep their maximum."""
     for key, value in metrics.items():
         if key.endswith("_max"):  # a maximum over micro-batches, not a weighted mean
             sums[key] = max(sums.get(key, float("-inf")), float(value))

@@ -8,6 +8,7 @@ one object-store reference per step; each rank is told which rows are its share.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,8 +22,8 @@ from tandem.algos import (
     masked_mean,
     value_loss,
 )
-from tandem.learners.base import DeepSpeedLearner
-from tandem.models.rows import Rows, concat_rows
+from tandem.learners.base import DeepSpeedLearner, accumulate
+from tandem.models.rows import Rows, place_rows
 from tandem.models.tokens import TokenBatch, next_token_targets
 
 
@@ -48,6 +49,29 @@ class _RolloutLearner(DeepSpeedLearner):
         # This rank's time in the step, for the driver's share of orchestration around it.
         return metrics | {"perf/learner_s": time.perf_counter() - started}
 
+    def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """The micro-batch's token-mean loss, one forward per group of like length
+        (`Rows.length_groups`) and one backward for all (DeepSpeed counts micro-batches)."""
+        parts = [self.group_loss(rows.select(group)) for group in self._groups(rows)]
+        units = sum(u for _, u, _ in parts)
+        total = max(units, 1)
+        metrics: dict[str, float] = defaultdict(float)
+        for _, u, m in parts:
+            accumulate(metrics, m, u / total)
+        return sum(loss * (u / total) for loss, u, _ in parts), units, dict(metrics)
+
+    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """`compute_loss` of rows of like length: (token-mean loss, tokens, metrics as means)."""
+        raise NotImplementedError
+
+    def _groups(self, rows: Rows, max_rows: int | None = None) -> list[np.ndarray]:
+        groups = rows.length_groups(self.cfg.min_forward_tokens, max_rows)
+        if self.world_size > 1 and self.engine.zero_optimization_stage() == 3:
+            # Each forward gathers parameters from every rank: all ranks run as many.
+            count = int(self._all_reduce([float(len(groups))], op="max")[0])
+            groups = np.array_split(np.concatenate(groups), min(count, len(rows)))
+        return groups
+
     def _forward(self, batch: TokenBatch) -> torch.Tensor:
         return self.engine(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
@@ -55,23 +79,23 @@ class _RolloutLearner(DeepSpeedLearner):
 
     @torch.no_grad()
     def _score(self, rows: Rows, fn: Callable[[torch.Tensor, TokenBatch], torch.Tensor]) -> np.ndarray:
-        """`fn(logits, batch) -> (B, T-1)` over these rows per micro-batch, in the rollout layout (B, R).
+        """`fn(logits, batch) -> (B, T-1)` over these rows, in the rollout layout (B, R): one forward
+        per group of like length, of at most a micro-batch (`Rows.length_groups`).
 
-        Under ZeRO-3 each forward is a collective, so every rank runs as many micro-batches as the
-        rank with the most (repeating its last one and dropping the result).
+        Under ZeRO-3 each forward is a collective, so every rank runs as many forwards as the rank
+        with the most (repeating its last one and dropping the result).
         """
         self.engine.eval()
-        mbs = self.cfg.micro_batch_size
-        chunks = [rows.select(slice(i, i + mbs)) for i in range(0, len(rows), mbs)]
-        n_chunks = int(self._all_reduce([float(len(chunks))], op="max")[0])
+        groups = rows.length_groups(self.cfg.min_forward_tokens, self.cfg.micro_batch_size)
+        forwards = int(self._all_reduce([float(len(groups))], op="max")[0])
         out = []
-        for i in range(n_chunks):
-            chunk = chunks[min(i, len(chunks) - 1)]
+        for i in range(forwards):
+            chunk = rows.select(groups[min(i, len(groups) - 1)])
             batch = chunk.tokens(self.device)
             values = fn(self._forward(batch), batch)
-            if i < len(chunks):
+            if i < len(groups):
                 out.append(chunk.from_targets(values, next_token_targets(batch)[1]))
-        return concat_rows(out)
+        return place_rows(out, groups)
 
 
 class PolicyLearner(_RolloutLearner):
@@ -103,12 +127,12 @@ class PolicyLearner(_RolloutLearner):
 
     def logprobs(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
         """log pi(response token | context) of rows `index` under the current weights (B, R): PPO's
-        pi_old, when it is not the training forward itself (see `compute_loss`)."""
+        pi_old, when it is not the training forward itself (see `group_loss`)."""
         return self._score(
             rows.select(index), lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:])
         )
 
-    def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens = rows.tokens(self.device)
         labels, mask = next_token_targets(tokens)
         logits = self._forward(tokens)[:, :-1]  # (B, T-1, V)
@@ -152,7 +176,7 @@ class CriticLearner(_RolloutLearner):
         """V(state before each response token) of rows `index` under the current weights (B, R)."""
         return self._score(rows.select(index), lambda logits, b: logits[:, :-1, 0])
 
-    def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens = rows.tokens(self.device)
         _, mask = next_token_targets(tokens)
         values = self._forward(tokens)[:, :-1, 0].float()  # (B, T-1)

@@ -81,6 +81,24 @@ class Rows:
             arrays |= {k: a[:, :width] for k, a in arrays.items() if k not in TOKEN_KEYS and a.ndim == 2}
         return Rows(**arrays)
 
+    def length_groups(self, min_tokens: int, max_rows: int | None = None) -> list[np.ndarray]:
+        """Row indices sorted by length and cut into near-equal groups, one forward each: a batch of
+        ragged rows pays for its widest row in every row, and attention for its square, so groups of
+        like length compute less (a mid-size policy's forward and backward of 64 rows: 12.2 s as one
+        batch, 6.3 s as 4 groups, 6.0 s as 8). As many groups as keep `min_tokens` padded tokens in
+        each on average, since small forwards cost more per token; at most 8 times the fewest that keep every
+        group within `max_rows` rows."""
+        lengths = np.asarray(self._arrays["attention_mask"]).sum(1)
+        order = np.argsort(lengths, kind="stable")
+        fewest = max(1, -(-len(self) // max_rows)) if max_rows else 1
+        best = np.array_split(order, fewest)
+        for split in (2, 4, 8):
+            groups = np.array_split(order, min(len(self), fewest * split))
+            if sum(len(g) * int(lengths[g].max()) for g in groups) < min_tokens * len(groups):
+                break
+            best = groups
+        return best
+
     def merge(self, other: Rows) -> Rows:
         """The arrays of both (same rows); `other`'s win on a shared name."""
         if len(other) != len(self):
@@ -111,6 +129,16 @@ class Rows:
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def place_rows(parts: Sequence[np.ndarray], groups: Sequence[np.ndarray]) -> np.ndarray:
+    """(B_i, R_i) results of the row groups `groups` (`Rows.length_groups`) -> one (B, max R_i)
+    array in the rows' own order, right-padded with 0."""
+    width = max(p.shape[1] for p in parts)
+    out = np.zeros((sum(len(g) for g in groups), width), dtype=parts[0].dtype)
+    for part, group in zip(parts, groups, strict=True):
+        out[group, : part.shape[1]] = part
+    return out
 
 
 def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:

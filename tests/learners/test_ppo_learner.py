@@ -89,3 +89,24 @@ def test_importance_weights_scale_the_surrogate_per_token():
 def test_policy_loss_is_looked_up_by_name():
     with pytest.raises(KeyError, match=r"unknown policy loss 'sppo'; valid names: \['ppo'\]"):
         PolicyLearner(LearnerConfig(), "tiny-qwen2", total_steps=1, policy_loss="sppo")
+
+
+def test_a_micro_batch_in_groups_of_like_length_has_the_loss_and_gradient_of_one_forward():
+    def loss_and_grads(min_forward_tokens: int) -> tuple[float, dict[str, float], list[torch.Tensor]]:
+        learner = _learner(off_policy="tis", is_cap=1.15)
+        learner.cfg = LearnerConfig(min_forward_tokens=min_forward_tokens)
+        old, _ = _old_logprobs_and_entropy(learner.model)
+        # IS weights exp(0.1), exp(0.2) (truncated at 1.15), ...: a wrong weighting of the groups shows.
+        behaviour = [[lp - 0.1 * (i + 1) for i, lp in enumerate(row)] for row in old]
+        assert len(learner._groups(_rows({}))) == (2 if min_forward_tokens == 1 else 1)
+        loss, units, metrics = learner.compute_loss(_rows({"behaviour_logprobs": behaviour}))
+        loss.backward()
+        assert units == 5
+        return loss.item(), metrics, [p.grad.clone() for p in learner.model.parameters()]
+
+    one_loss, one_metrics, one_grads = loss_and_grads(10_000)
+    loss, metrics, grads = loss_and_grads(1)  # each row its own forward
+    assert loss == pytest.approx(one_loss, rel=1e-5)
+    assert metrics == pytest.approx(one_metrics, rel=1e-5)
+    for g, one in zip(grads, one_grads, strict=True):
+        torch.testing.assert_close(g, one, rtol=1e-4, atol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tandem.models.rows import Rows, concat_rows
+from tandem.models.rows import Rows, concat_rows, place_rows
 from tandem.models.tokens import next_token_targets
 
 PAD = 0
@@ -59,3 +59,24 @@ def test_merge_and_pickle_round_trip():
 def test_concat_rows_pads_to_the_widest():
     out = concat_rows([np.ones((1, 2), np.float32), np.full((2, 3), 2, np.float32)])
     assert out.tolist() == [[1, 1, 0], [2, 2, 2], [2, 2, 2]]
+
+
+def test_length_groups_sort_rows_and_split_while_the_forwards_stay_large_enough():
+    # Total lengths (prompt + response) 6, 2, 9, 3, 5, 4, 8, 7: sorted order 1, 3, 5, 4, 0, 7, 6, 2.
+    lengths = [6, 2, 9, 3, 5, 4, 8, 7]
+    rows = Rows.from_ids([[1] * (n - 1) for n in lengths], [[5]] * len(lengths), 0)
+    split = [[int(i) for i in g] for g in rows.length_groups(min_tokens=1)]
+    assert split == [[1], [3], [5], [4], [0], [7], [6], [2]]  # up to 8 groups
+    # Padded tokens: 2 groups 4*5 + 4*9 = 56 (28 a group); 4 groups 2*3 + 2*5 + 2*7 + 2*9 = 48 (12).
+    assert [[int(i) for i in g] for g in rows.length_groups(min_tokens=28)] == [[1, 3, 5, 4], [0, 7, 6, 2]]
+    assert len(rows.length_groups(min_tokens=12)) == 4
+    assert len(rows.length_groups(min_tokens=29)) == 1
+    # At most 3 rows a forward: 3 groups at least, even where the tokens would want one.
+    assert [len(g) for g in rows.length_groups(min_tokens=1000, max_rows=3)] == [3, 3, 2]
+
+
+def test_place_rows_puts_each_groups_results_back_in_row_order():
+    groups = [np.array([2, 0]), np.array([1])]
+    parts = [np.array([[20.0, 21.0], [0.5, 0.0]]), np.array([[10.0, 11.0, 12.0]])]
+    expected = [[0.5, 0.0, 0.0], [10.0, 11.0, 12.0], [20.0, 21.0, 0.0]]
+    assert place_rows(parts, groups).tolist() == expected
