@@ -64,8 +64,8 @@ class _RolloutLearner(DeepSpeedLearner):
         """`compute_loss` of rows of like length: (token-mean loss, tokens, metrics as means)."""
         raise NotImplementedError
 
-    def _groups(self, rows: Rows, max_rows: int | None = None) -> list[np.ndarray]:
-        groups = rows.length_groups(self.cfg.min_forward_tokens, max_rows)
+    def _groups(self, rows: Rows) -> list[np.ndarray]:
+        groups = rows.length_groups(self.cfg.min_forward_tokens)
         if self.world_size > 1 and self.engine.zero_optimization_stage() == 3:
             # Each forward gathers parameters from every rank: all ranks run as many.
             count = int(self._all_reduce([float(len(groups))], op="max")[0])

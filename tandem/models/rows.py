@@ -86,8 +86,8 @@ class Rows:
         ragged rows pays for its widest row in every row, and attention for its square, so groups of
         like length compute less (a mid-size policy's forward and backward of 64 rows: 12.2 s as one
         batch, 6.3 s as 4 groups, 6.0 s as 8). As many groups as keep `min_tokens` padded tokens in
-        each on average, since small forwards cost more per token; at most 8 times the fewest that keep every
-        group within `max_rows` rows."""
+        each on average, since small forwards cost more per token; at most 8 times the fewest that
+        keep every group within `max_rows` rows."""
         lengths = np.asarray(self._arrays["attention_mask"]).sum(1)
         order = np.argsort(lengths, kind="stable")
         fewest = max(1, -(-len(self) // max_rows)) if max_rows else 1
