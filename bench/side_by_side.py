@@ -4,6 +4,8 @@ model, prompts (the sort task's), reward (`_sbs_reward.partial_sort`: partial cr
 KL coefficient 0.04 and fp32. Each run is a subprocess of its own, one after another.
 
 Steady-state completions/s: 64 / the median step interval, leaving out the first steps (warm-up).
+Where the size says so (tiny), TRL runs before and after each tandem run, and each tandem run is
+compared with the mean of its two neighbours: this machine's speed drifts within minutes.
 TRL's intervals are those between `on_step_end` callbacks (bench/_trl_grpo.py); tandem's the
 differences of the `time` field of consecutive metrics.jsonl rows. This is the measurement of the
 team's `side_by_side/run.sh`, made self-contained (model, prompts and reward built here).
@@ -50,12 +52,16 @@ class Size:
     max_len: int  # response tokens
     steps: int
     warmup: int  # leading steps left out of the timing
+    bracket: bool  # a TRL run before and after each tandem run, each compared with its two neighbours
 
 
 SIZES = {
     # Warm-up 3: asynchronous runs try their learners' two core splits in steps 2 and 3 (CoreSplit).
-    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=3),
-    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=3),  # as run.sh; about 10 minutes
+    # This VM's speed shifts by up to 30% from one minute to the next (TRL's tiny step measured
+    # 0.31, 0.34, then 0.40 s in back-to-back runs of the same script), so tiny's TRL runs bracket
+    # each tandem run; a mid TRL run takes 3 minutes, and the bench's budget allows one.
+    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=3, bracket=True),
+    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=3, bracket=False),  # as run.sh
 }
 
 
@@ -97,23 +103,38 @@ def cpu_summary(rows: list[dict], warmup: int) -> tuple[float, str]:
 
 
 def ratio_rows(
-    label: str, trl: tuple[float, float] | None, tandem: dict[str, tuple[float, float]]
+    label: str, trl: dict[str, tuple[float, float]], tandem: dict[str, tuple[float, float]]
 ) -> list[Row]:
-    """tandem/TRL completions/s ratios (= TRL step time / tandem step time), one per tandem mode,
-    each noting the ratio per response token too; runs are (median step s, mean response length).
-    The lengths can part: tandem's KL penalty is in the reward, TRL's in the loss."""
-    if trl is None:
-        return []
-    trl_s, trl_len = trl
+    """tandem/TRL completions/s ratios (= TRL step time / tandem step time), one per tandem mode
+    against the TRL figures `trl[mode]`, each noting the ratio per response token too; runs are
+    (median step s, mean response length). The lengths can part: tandem's KL penalty is in the
+    reward, TRL's in the loss."""
     return [
         (
             f"{label}: tandem {mode} / TRL",
-            trl_s / step_s,
+            trl[mode][0] / step_s,
             "x",
-            f"completions/s ratio; per response token {trl_s / step_s * length / trl_len:.2f}x",
+            f"completions/s ratio; per response token {trl[mode][0] / step_s * length / trl[mode][1]:.2f}x",
         )
         for mode, (step_s, length) in tandem.items()
+        if mode in trl
     ]
+
+
+def trl_per_mode(runs: list[tuple[float, float]], modes: list[str]) -> dict[str, tuple[float, float]]:
+    """The TRL (step s, length) each tandem mode is compared with: the one run, or (runs bracketing
+    the modes, run i before mode i and run i + 1 after it) the mean of its two neighbours."""
+    if len(runs) == 1:
+        return dict.fromkeys(modes, runs[0])
+    if len(runs) != len(modes) + 1:
+        raise ValueError(f"{len(runs)} TRL runs cannot bracket {len(modes)} tandem runs")
+    return {
+        mode: (
+            statistics.fmean(s for s, _ in runs[i : i + 2]),
+            statistics.fmean(n for _, n in runs[i : i + 2]),
+        )
+        for i, mode in enumerate(modes)
+    }
 
 
 # ---- the runs ----
@@ -207,8 +228,8 @@ def _check(done: subprocess.CompletedProcess, what: str, log: Path) -> None:
         raise RuntimeError(f"{what} failed (exit {done.returncode}); log {log}:\n{tail}")
 
 
-def run_trl(name: str, size: Size, model: Path, work: Path, extra: str) -> dict:
-    out, log = work / f"trl-{name}.json", work / f"trl-{name}.log"
+def run_trl(name: str, size: Size, model: Path, work: Path, extra: str, index: int) -> dict:
+    out, log = work / f"trl-{name}-{index}.json", work / f"trl-{name}-{index}.log"
     cmd = [sys.executable, str(HERE / "_trl_grpo.py"), "--model", str(model), "--steps", str(size.steps)]
     cmd += ["--max-completion-length", str(size.max_len), "--prompts", str(PROMPTS), "--out", str(out)]
     with open(log, "w") as f:
@@ -217,6 +238,14 @@ def run_trl(name: str, size: Size, model: Path, work: Path, extra: str) -> dict:
         )
     _check(done, f"TRL GRPOTrainer ({name})", log)
     return json.loads(out.read_text())
+
+
+def try_trl(name: str, size: Size, model: Path, work: Path, extra: str, index: int) -> dict | str:
+    """`run_trl`'s result, or why it failed."""
+    try:
+        return run_trl(name, size, model, work, extra, index)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as err:
+        return f"skipped: {str(err).splitlines()[0]}"
 
 
 def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int) -> list[dict]:
@@ -261,28 +290,34 @@ def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int) -
 
 
 def size_rows(
-    name: str, size: Size, params: int, trl: dict | str, tandem: dict[str, list[dict]]
+    name: str, size: Size, params: int, trl: list[dict] | str, tandem: dict[str, list[dict]]
 ) -> list[Row]:
-    """The table rows of one size: completions/s of each run, the ratios, and tandem's CPU use and
-    (async) staleness and importance ratios."""
+    """The table rows of one size: completions/s of each run (TRL's over all its runs), the
+    ratios (each against its bracketing TRL runs, `trl_per_mode`), and tandem's CPU use and (async)
+    staleness and importance ratios."""
     batch, label = PROMPTS * SAMPLES, f"{name}"
     timed = f"steps {size.warmup + 1}-{size.steps}"
     rows: list[Row] = []
-    trl_run = None
+    trl_runs: dict[str, tuple[float, float]] = {}
     if isinstance(trl, str):
         rows.append((f"{label}: TRL GRPOTrainer", "-", "completions/s", trl))
     else:
-        trl_s = steady_step_s(trl["step_s"], size.warmup)
-        length = statistics.fmean(trl["completion_length"][size.warmup :])
-        trl_run = trl_s, length
+        each = [
+            (steady_step_s(r["step_s"], size.warmup), statistics.fmean(r["completion_length"][size.warmup :]))
+            for r in trl
+        ]
+        trl_runs = trl_per_mode(each, list(tandem))
+        trl_s, length = statistics.fmean(s for s, _ in each), statistics.fmean(n for _, n in each)
+        runs = f"; runs {', '.join(f'{s:.3f}' for s, _ in each)} s, one before and after each tandem run"
         rows.append(
             (
                 f"{label}: TRL GRPOTrainer",
                 batch / trl_s,
                 "completions/s",
                 (
-                    f"{trl_s:.3f} s/step (median of {timed}), mean length {length:.1f}; "
-                    f"{params / 1e6:.2f}M params, <= {size.max_len} tokens, trl {trl['trl']}"
+                    f"{trl_s:.3f} s/step (median of {timed}{runs if len(each) > 1 else ''}), "
+                    f"mean length {length:.1f}; "
+                    f"{params / 1e6:.2f}M params, <= {size.max_len} tokens, trl {trl[0]['trl']}"
                 ),
             )
         )
@@ -299,7 +334,7 @@ def size_rows(
                 f"{step_s:.3f} s/step (median of {timed}), mean length {runs[mode][1]:.1f}",
             )
         )
-    rows += ratio_rows(label, trl_run, runs)
+    rows += ratio_rows(label, trl_runs, runs)
     for mode, metrics in tandem.items():
         overall, note = cpu_summary(metrics, size.warmup)
         rows.append((f"{label}: tandem {mode} CPU use", overall, "of all cores", note))
@@ -336,12 +371,13 @@ def run() -> list[Row]:
         for name in names:
             size = SIZES[name]
             model, params = build_model(name, size)
-            trl: dict | str = trl_note
-            if extra is not None:
-                try:
-                    trl = run_trl(name, size, model, work, extra)
-                except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as err:
-                    trl = f"skipped: {str(err).splitlines()[0]}"
-            tandem = {mode: run_tandem(name, size, model, work, k) for mode, k in MODES.items()}
+            runs = [] if extra is None else [try_trl(name, size, model, work, extra, 0)]
+            tandem = {}
+            for i, (mode, k) in enumerate(MODES.items(), start=1):
+                tandem[mode] = run_tandem(name, size, model, work, k)
+                if extra is not None and size.bracket:
+                    runs.append(try_trl(name, size, model, work, extra, i))
+            skipped = [r for r in runs if isinstance(r, str)]
+            trl = skipped[0] if skipped else runs or trl_note
             rows += size_rows(name, size, params, trl, tandem)
     return rows

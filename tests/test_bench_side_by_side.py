@@ -48,18 +48,30 @@ def test_steady_means_and_cpu_summary():
 
 def test_ratio_rows():
     # TRL 0.3 s a step at 20 tokens; sync 0.6 s at 20 tokens, async 0.2 s at 10 tokens.
-    rows = sbs.ratio_rows("tiny", (0.3, 20.0), {"sync": (0.6, 20.0), "async (K=1)": (0.2, 10.0)})
+    trl = dict.fromkeys(["sync", "async (K=1)"], (0.3, 20.0))
+    rows = sbs.ratio_rows("tiny", trl, {"sync": (0.6, 20.0), "async (K=1)": (0.2, 10.0)})
     assert [(m, round(v, 6), u) for m, v, u, _ in rows] == [
         ("tiny: tandem sync / TRL", 0.5, "x"),
         ("tiny: tandem async (K=1) / TRL", 1.5, "x"),
     ]
     assert rows[0][3].endswith("per response token 0.50x")
     assert rows[1][3].endswith("per response token 0.75x")
-    assert sbs.ratio_rows("tiny", None, {"sync": (0.6, 20.0)}) == []
+    assert sbs.ratio_rows("tiny", {}, {"sync": (0.6, 20.0)}) == []
+
+
+def test_trl_runs_bracketing_the_modes_give_each_the_mean_of_its_neighbours():
+    runs = [(0.3, 10.0), (0.5, 20.0), (0.4, 30.0)]
+    assert sbs.trl_per_mode(runs, ["sync", "async"]) == {
+        "sync": pytest.approx((0.4, 15.0)),
+        "async": pytest.approx((0.45, 25.0)),
+    }
+    assert sbs.trl_per_mode(runs[:1], ["sync", "async"]) == {"sync": (0.3, 10.0), "async": (0.3, 10.0)}
+    with pytest.raises(ValueError, match="bracket"):
+        sbs.trl_per_mode(runs[:2], ["sync", "async"])
 
 
 def test_size_rows_without_trl_still_reports_tandem():
-    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1)
+    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1, bracket=False)
     metrics = [
         {"time": 0.0, "perf/cpu_util/generate": 1.0, "timing/generate": 1.0},
         {"time": 2.0, "perf/cpu_util/generate": 0.5, "timing/generate": 1.0, "offpolicy/staleness_mean": 1.0},
@@ -71,6 +83,22 @@ def test_size_rows_without_trl_still_reports_tandem():
     assert by_name["t: tandem sync"] == pytest.approx(64 / 3.0)  # median(2, 4) = 3 s a step
     assert by_name["t: tandem async (K=1) staleness_mean"] == pytest.approx(0.5)
     assert not any("/ TRL" in m for m in by_name)
+
+
+def test_each_tandem_run_is_compared_with_the_trl_runs_around_it():
+    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1, bracket=True)
+    # Steady steps (after 1 warm-up step): TRL 0.3 s, then 0.5 s, then 0.4 s a step.
+    trl = [
+        {"step_s": [9.0, s, s], "completion_length": [1.0, 10.0, 10.0], "trl": "x"} for s in (0.3, 0.5, 0.4)
+    ]
+    sync = [{"time": 0.0}, {"time": 0.2}, {"time": 0.4}]  # 0.2 s a step, between TRL's 0.3 and 0.5
+    fast = [{"time": 0.0}, {"time": 0.1}, {"time": 0.2}]  # 0.1 s a step, between 0.5 and 0.4
+    rows = sbs.size_rows("t", size, 1000, trl, {"sync": sync, "async (K=1)": fast})
+    by_name = {m: (v, n) for m, v, _, n in rows}
+    assert by_name["t: TRL GRPOTrainer"][0] == pytest.approx(64 / 0.4)  # over all three runs
+    assert "runs 0.300, 0.500, 0.400 s" in by_name["t: TRL GRPOTrainer"][1]
+    assert by_name["t: tandem sync / TRL"][0] == pytest.approx(0.4 / 0.2)
+    assert by_name["t: tandem async (K=1) / TRL"][0] == pytest.approx(0.45 / 0.1)
 
 
 def test_count_params(tmp_path):
