@@ -1,7 +1,9 @@
 """Side by side, in one run on this machine: TRL's `GRPOTrainer` (HF generate, one process) against
 `tandem ppo` synchronous (`ppo.max_staleness=0`) and asynchronous (`ppo.max_staleness=1`), on the same
 model, prompts (the sort task's), reward (`_sbs_reward.partial_sort`: partial credit), batch (16 prompts x 4), lengths, lr 1e-4,
-KL coefficient 0.04 and fp32. Each run is a subprocess of its own, one after another.
+fp32, and the KL as TRL's GRPO takes it: 0.04 x k3 in the loss (`ppo.kl_penalty: loss`; tandem's
+default, the KL in the reward, makes mid's answers shrink within 6 steps, 99 -> 40 tokens, where
+TRL's stay at 120). Each run is a subprocess of its own, one after another.
 
 Steady-state completions/s: 64 / the median step interval, leaving out the first steps (warm-up).
 Where the size says so (tiny), TRL runs before and after each tandem run, and each tandem run is
@@ -32,7 +34,7 @@ from pathlib import Path
 
 TITLE = (
     "side by side: TRL GRPOTrainer vs tandem ppo sync and async (K=1); sort task, GRPO, "
-    "16 prompts x 4, fp32, lr 1e-4, kl 0.04"
+    "16 prompts x 4, fp32, lr 1e-4, kl 0.04 x k3 in the loss"
 )
 TRL_VERSION = "1.16.0"  # trl and accelerate: the `bench` extra of pyproject.toml
 HERE = Path(__file__).resolve().parent
@@ -107,8 +109,7 @@ def ratio_rows(
 ) -> list[Row]:
     """tandem/TRL completions/s ratios (= TRL step time / tandem step time), one per tandem mode
     against the TRL figures `trl[mode]`, each noting the ratio per response token too; runs are
-    (median step s, mean response length). The lengths can part: tandem's KL penalty is in the
-    reward, TRL's in the loss."""
+    (median step s, mean response length): the two learn apart, and so do their lengths."""
     return [
         (
             f"{label}: tandem {mode} / TRL",
@@ -269,6 +270,8 @@ def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int) -
             "samples_per_prompt": SAMPLES,
             "advantage": "grpo",
             "kl_coef": 0.04,
+            "kl_penalty": "loss",  # TRL's GRPO: beta x k3 in the loss
+            "kl_estimator": "k3",
             "num_minibatches": 1,
             "max_staleness": staleness,
             "save_every": 0,  # TRL saves nothing either

@@ -113,6 +113,14 @@ def test_algorithm_names_come_from_the_registries(tmp_path):
     assert (cfg.ppo.advantage, cfg.ppo.kl_controller, cfg.dpo.loss) == ("reinforce++", "adaptive", "ipo")
 
 
+def test_a_kl_in_the_loss_refuses_k1_and_an_adaptive_coefficient():
+    with pytest.raises(UserError, match=r"ppo.kl_penalty: loss needs ppo.kl_estimator k2 or k3"):
+        load_config(None, ["ppo.kl_penalty=loss"])
+    with pytest.raises(UserError, match=r"ppo.kl_controller 'adaptive' adapts the KL in the reward"):
+        load_config(None, ["ppo.kl_penalty=loss", "ppo.kl_estimator=k3", "ppo.kl_controller=adaptive"])
+    assert load_config(None, ["ppo.kl_penalty=loss", "ppo.kl_estimator=k2"]).ppo.kl_penalty == "loss"
+
+
 def test_default_algorithm_names_are_registered():
     # Defaults skip validation: check them against the registries here.
     from tandem import algos

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tandem.config.fields import (
     AdvantageName,
@@ -143,7 +143,15 @@ class PPOConfig(_Section):
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy bonus."""
     kl_estimator: KLEstimatorName = "k1"
-    """Per-token KL estimator of the reward penalty, by its name in `tandem.algos` (Schulman 2020)."""
+    """Per-token KL estimator of the penalty (in the reward or the loss: `kl_penalty`), by its name
+    in `tandem.algos` (Schulman 2020)."""
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    """Where the KL to the reference acts. reward: -kl_coef x the `kl_estimator` estimate of each
+    token, on the sampling policy's logprobs, in the reward (InstructGPT, Ouyang et al. 2022, eq. 2).
+    loss: the reward is the score alone, and kl_coef x the token-mean estimate for the policy being
+    trained joins its loss, gradient and all (GRPO, Shao et al. 2024, eq. 3; TRL's GRPO). In a loss
+    k1's gradient is zero in expectation (E_pi[grad log pi] = 0), so it is refused; k2's is the
+    gradient of KL(pi || pi_ref), k3's that of KL(pi_ref || pi). The coefficient is fixed."""
     kl_controller: KLControllerName = "fixed"
     """KL coefficient control, by its name in `tandem.algos`: fixed, or adaptive to a target (Ziegler et al. 2019)."""
     kl_coef: float = Field(0.05, ge=0)
@@ -180,3 +188,15 @@ class PPOConfig(_Section):
     placement bundle, the reference and reward actors share bundle 0; each keeps its own CPUs/GPUs,
     added to the bundle (on GPUs give fractions that fit one device, e.g. 0.5 + 0.25 + 0.25). Their
     own `resources` are then unused: they land where the policy does. Engines always stand apart."""
+
+    @model_validator(mode="after")
+    def _kl_loss_has_a_gradient(self) -> PPOConfig:
+        if self.kl_penalty == "loss" and self.kl_estimator == "k1":
+            raise ValueError(
+                "ppo.kl_penalty: loss needs ppo.kl_estimator k2 or k3 (k1's gradient in a loss is zero in expectation)"
+            )
+        if self.kl_penalty == "loss" and self.kl_controller != "fixed":
+            raise ValueError(
+                f"ppo.kl_controller {self.kl_controller!r} adapts the KL in the reward; with ppo.kl_penalty: loss it is fixed"
+            )
+        return self

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tandem.algos import (
+    get_kl_estimator,
     get_off_policy_correction,
     get_policy_loss,
     logprobs_and_entropy,
@@ -100,7 +101,8 @@ class _RolloutLearner(DeepSpeedLearner):
 
 class PolicyLearner(_RolloutLearner):
     """The PPO actor: the policy loss registered as `policy_loss` in `tandem.algos` (PPO's clipped
-    surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus."""
+    surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus, and with
+    `kl_loss_coef` > 0 the KL to the reference (`kl_estimator`) as a term of the loss (GRPO's form)."""
 
     def __init__(
         self,
@@ -108,6 +110,8 @@ class PolicyLearner(_RolloutLearner):
         policy_loss: str = "ppo",
         clip_eps: float = 0.2,
         entropy_coef: float = 0.0,
+        kl_loss_coef: float = 0.0,
+        kl_estimator: str = "k3",
         off_policy: str = "none",
         is_cap: float = 2.0,
         is_level: str = "token",
@@ -117,6 +121,7 @@ class PolicyLearner(_RolloutLearner):
         self.policy_loss = get_policy_loss(policy_loss)
         self.correction = get_off_policy_correction(off_policy)
         self.clip_eps, self.entropy_coef = clip_eps, entropy_coef
+        self.kl_loss_coef, self.kl_estimator = kl_loss_coef, get_kl_estimator(kl_estimator)
         self.is_cap, self.is_level = is_cap, is_level
 
     def build_model(self) -> torch.nn.Module:
@@ -148,6 +153,13 @@ class PolicyLearner(_RolloutLearner):
         entropy = masked_mean(entropies, mask)
         loss = pg_loss - self.entropy_coef * entropy if self.entropy_coef else pg_loss
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
+        if self.kl_loss_coef:
+            # Off the responses the reference is this forward's own (detached) logprob: an estimate
+            # of 0 whose gradient stays finite, however small the probability of a padding label.
+            ref = torch.where(mask.bool(), rows.at_targets("ref_logprobs", mask), logprobs.detach())
+            kl = masked_mean(self.kl_estimator(logprobs, ref), mask)
+            loss = loss + self.kl_loss_coef * kl
+            metrics["actor/kl_loss"] = kl.item()
         metrics |= {f"offpolicy/{k}": float(v) for k, v in is_metrics.items()}
         metrics["actor/entropy"] = float(entropy)
         # The surrogate alone; the learner reports the total (with the entropy bonus) as "actor/loss".

@@ -186,6 +186,7 @@ def _learn(
             group_size=p.samples_per_prompt,
             gamma=p.gamma,
             lam=p.lam,
+            kl_in_reward=p.kl_penalty == "reward",
         )
     metrics = rollout_metrics(batch, true_rewards)  # before the update: pi_old is the sampler
     staleness = torch.tensor([step - 1 - v for v in batch.weight_versions], dtype=torch.float32)

@@ -113,8 +113,11 @@ def compute_advantages(
     group_size: int,
     gamma: float,
     lam: float,
+    kl_in_reward: bool = True,
 ) -> dict[str, float]:
     """KL-shaped token rewards (InstructGPT eq. 2), then advantages and returns by estimator name.
+    With `kl_in_reward` False (`ppo.kl_penalty: loss`, the policy's loss holds it) the reward is the
+    score alone, and the KL is still measured.
 
     The KL is that of the policy that drew the samples (the engine's logprobs): a sample-based KL
     estimate is unbiased only under the sampling policy, and it needs no learner pass, so it is
@@ -124,7 +127,7 @@ def compute_advantages(
     """
     assert batch.scores is not None and batch.ref_logprobs is not None
     kl = get_kl_estimator(kl_estimator)(batch.rollout_logprobs, batch.ref_logprobs) * batch.mask  # (B, R)
-    batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef)
+    batch.token_rewards = shape_rewards(batch.scores, kl, batch.mask, kl_coef if kl_in_reward else 0.0)
     batch.advantages, batch.returns = get_adv_est(estimator)(
         token_rewards=batch.token_rewards,
         values=batch.values,

@@ -84,6 +84,8 @@ class Roles:
             policy_loss=p.policy_loss,
             clip_eps=p.clip_eps,
             entropy_coef=p.entropy_coef,
+            kl_loss_coef=p.kl_coef if p.kl_penalty == "loss" else 0.0,
+            kl_estimator=p.kl_estimator,
             off_policy=p.off_policy,
             is_cap=p.is_cap,
             is_level=p.is_level,
@@ -276,6 +278,8 @@ class Roles:
         group = self.policy if role == "policy" else self.critic
         p = self.cfg.ppo
         keys = [k for k in TRAIN_KEYS[role] if getattr(batch, k) is not None]
+        if role == "policy" and p.kl_penalty == "loss":
+            keys.append("ref_logprobs")
         train = ray.put(Rows(**{k: getattr(batch, k).numpy() for k in keys}))
         size = len(batch) // p.num_minibatches
         sums: dict[str, float] = {}

@@ -110,3 +110,33 @@ def test_a_micro_batch_in_groups_of_like_length_has_the_loss_and_gradient_of_one
     assert metrics == pytest.approx(one_metrics, rel=1e-5)
     for g, one in zip(grads, one_grads, strict=True):
         torch.testing.assert_close(g, one, rtol=1e-4, atol=1e-6)
+
+
+def test_a_kl_in_the_loss_adds_its_estimate_for_the_trained_policy_with_its_gradient():
+    def loss_and_grads(**kwargs) -> tuple[torch.Tensor, dict[str, float], list[torch.Tensor]]:
+        learner = _learner(**kwargs)
+        old, _ = _old_logprobs_and_entropy(learner.model)
+        ref = [[lp - 0.2 for lp in row] for row in old]  # log pi_ref - log pi = -0.2 on every token
+        loss, _, metrics = learner.compute_loss(_rows({"behaviour_logprobs": old, "ref_logprobs": ref}))
+        loss.backward()
+        return loss.detach(), metrics, [p.grad.clone() for p in learner.model.parameters()]
+
+    base, _, base_grads = loss_and_grads()
+    loss, metrics, _ = loss_and_grads(kl_loss_coef=0.1, kl_estimator="k3")
+    k3 = math.exp(-0.2) - 1 + 0.2  # every token's estimate, so the token mean too
+    assert metrics["actor/kl_loss"] == pytest.approx(k3, rel=1e-4)
+    assert loss.item() == pytest.approx(base.item() + 0.1 * k3, rel=1e-5)
+    assert metrics["actor/pg_loss"] == pytest.approx(-0.7, abs=1e-6)
+    # k2's gradient, by hand: 0.1 * mean over the 5 response tokens of (log pi - log pi_ref) grad log pi,
+    # = 0.1 * 0.2 / 5 * the gradient of the sum of the response tokens' logprobs.
+    _, metrics, grads = loss_and_grads(kl_loss_coef=0.1, kl_estimator="k2")
+    assert metrics["actor/kl_loss"] == pytest.approx(0.5 * 0.2**2, rel=1e-4)
+    model = _learner().model
+    total = 0.0
+    for e in EXAMPLES:
+        ids = torch.tensor([e["prompt_ids"] + e["response_ids"]])
+        logp = model(ids).logits.float().log_softmax(-1)[0]
+        total = total + sum(logp[t, ids[0, t + 1]] for t in range(len(e["prompt_ids"]) - 1, ids.shape[1] - 1))
+    (0.1 * 0.2 / 5 * total).backward()
+    for g, b, p in zip(grads, base_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g - b, p.grad, rtol=1e-3, atol=1e-6)

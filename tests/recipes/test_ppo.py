@@ -287,6 +287,8 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
         "critic.world_size=2",
         "critic.zero_stage=3",
         "ppo.colocate=[critic,reference,reward]",
+        "ppo.kl_penalty=loss",  # the reference logprobs go to the ZeRO-3 ranks too
+        "ppo.kl_estimator=k3",
     )
     summary = ppo.run(cfg)
     assert summary["steps"] == 2 and "final_model" in summary
@@ -309,6 +311,8 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
             "critic/grad_norm",
         } <= set(row)
     assert rows[1]["critic/values_mean"] != rows[2]["critic/values_mean"]  # the critic trained
+    # k3 >= 0, and it is 0 only while the policy is the reference (step 1's first minibatch).
+    assert 0 <= rows[1]["actor/kl_loss"] < rows[2]["actor/kl_loss"]
 
 
 def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):

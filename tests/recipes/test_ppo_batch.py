@@ -76,6 +76,26 @@ def test_grpo_advantages_with_kl_penalty_by_hand():
     assert m["kl/per_token"] == pytest.approx(0.1)
 
 
+def test_with_the_kl_in_the_loss_the_reward_is_the_score_alone_and_the_kl_is_still_measured():
+    b = make_batch()
+    b.scores = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    b.ref_logprobs = b.rollout_logprobs - 0.1 * b.mask
+    m = compute_advantages(
+        b,
+        estimator="grpo",
+        kl_estimator="k1",
+        kl_coef=0.5,
+        group_size=2,
+        gamma=1.0,
+        lam=1.0,
+        kl_in_reward=False,
+    )
+    assert b.token_rewards[0].tolist() == pytest.approx([0.0, 0.0, 1.0])
+    # Returns are the scores: group 0 (1, 0) -> +-0.70711, group 1 (0.5, 0.5) -> 0 (no spread).
+    assert b.advantages[:, 0] == pytest.approx(torch.tensor([0.70711, -0.70711, 0.0, 0.0]), abs=1e-4)
+    assert m["kl/per_token"] == pytest.approx(0.1) and m["kl/coef"] == 0.5
+
+
 def test_gae_uses_values():
     b = make_batch()
     b.scores = torch.tensor([1.0, 0.0, 0.0, 0.0])
