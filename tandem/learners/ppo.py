@@ -19,13 +19,12 @@ from tandem.algos import (
     get_off_policy_correction,
     get_policy_loss,
     logprobs_and_entropy,
-    logprobs_from_logits,
     masked_mean,
     value_loss,
 )
 from tandem.learners.base import DeepSpeedLearner, accumulate
 from tandem.models.rows import Rows, place_rows
-from tandem.models.tokens import TokenBatch, next_token_targets
+from tandem.models.tokens import TokenBatch, causal_logits, first_target, next_token_targets, token_logprobs
 
 
 class _RolloutLearner(DeepSpeedLearner):
@@ -79,9 +78,10 @@ class _RolloutLearner(DeepSpeedLearner):
         ).logits
 
     @torch.no_grad()
-    def _score(self, rows: Rows, fn: Callable[[torch.Tensor, TokenBatch], torch.Tensor]) -> np.ndarray:
-        """`fn(logits, batch) -> (B, T-1)` over these rows, in the rollout layout (B, R): one forward
-        per group of like length, of at most a micro-batch (`Rows.length_groups`).
+    def _score(self, rows: Rows, fn: Callable[[TokenBatch], tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+        """`fn(batch) -> (values, target mask)` at next-token positions (`next_token_targets`) over
+        these rows, in the rollout layout (B, R): one forward per group of like length, of at most a
+        micro-batch (`Rows.length_groups`).
 
         Under ZeRO-3 each forward is a collective, so every rank runs as many forwards as the rank
         with the most (repeating its last one and dropping the result).
@@ -93,9 +93,9 @@ class _RolloutLearner(DeepSpeedLearner):
         for i in range(forwards):
             chunk = rows.select(groups[min(i, len(groups) - 1)])
             batch = chunk.tokens(self.device)
-            values = fn(self._forward(batch), batch)
+            values, target_mask = fn(batch)
             if i < len(groups):
-                out.append(chunk.from_targets(values, next_token_targets(batch)[1]))
+                out.append(chunk.from_targets(values, target_mask))
         return place_rows(out, groups)
 
 
@@ -133,15 +133,14 @@ class PolicyLearner(_RolloutLearner):
     def logprobs(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
         """log pi(response token | context) of rows `index` under the current weights (B, R): PPO's
         pi_old, when it is not the training forward itself (see `group_loss`)."""
-        return self._score(
-            rows.select(index), lambda logits, b: logprobs_from_logits(logits[:, :-1], b.input_ids[:, 1:])
-        )
+        return self._score(rows.select(index), lambda b: token_logprobs(self.engine, b))
 
     def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens = rows.tokens(self.device)
-        labels, mask = next_token_targets(tokens)
-        logits = self._forward(tokens)[:, :-1]  # (B, T-1, V)
-        # (B, T-1) each; the entropy is a metric unless it is a bonus in the loss.
+        start = first_target(tokens)  # logits of the positions before it would predict prompt tokens
+        labels, mask = next_token_targets(tokens, start)
+        logits = causal_logits(self.engine, tokens, start)  # (B, T', V)
+        # (B, T') each; the entropy is a metric unless it is a bonus in the loss.
         logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
         # pi_old: given when the weights moved since the batch was scored (a later minibatch or
         # epoch); otherwise it is this very forward, detached (the ratio's value is 1, its gradient not).
@@ -186,7 +185,9 @@ class CriticLearner(_RolloutLearner):
 
     def values(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
         """V(state before each response token) of rows `index` under the current weights (B, R)."""
-        return self._score(rows.select(index), lambda logits, b: logits[:, :-1, 0])
+        return self._score(
+            rows.select(index), lambda b: (self._forward(b)[:, :-1, 0], next_token_targets(b)[1])
+        )
 
     def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         tokens = rows.tokens(self.device)

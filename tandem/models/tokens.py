@@ -12,6 +12,7 @@ real token before the padding.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -54,20 +55,46 @@ def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -
     return TokenBatch(input_ids, attention_mask, response_mask)
 
 
-def next_token_targets(batch: TokenBatch) -> tuple[Tensor, Tensor]:
+def next_token_targets(batch: TokenBatch, start: int = 0) -> tuple[Tensor, Tensor]:
     """Targets and mask of next-token prediction: position t of the logits predicts token t+1.
 
-    Returns `labels` (B, T-1) = input_ids[:, 1:] and `mask` (B, T-1), 1 where that label is a
-    response token. So the loss counts exactly the response tokens and never a prompt token or pad.
+    Returns `labels` (B, T-1-start) = input_ids[:, start+1:] and `mask` (same shape), 1 where that
+    label is a response token: the positions from `start` on (`first_target`). So the loss counts
+    exactly the response tokens and never a prompt token or pad.
     """
-    return batch.input_ids[:, 1:], batch.response_mask[:, 1:]
+    return batch.input_ids[:, start + 1 :], batch.response_mask[:, start + 1 :]
+
+
+def first_target(batch: TokenBatch) -> int:
+    """The first position that predicts a response token in any row (the shortest prompt's last
+    token): no logit before it is ever read."""
+    columns = batch.response_mask[:, 1:].any(0).nonzero()
+    return int(columns[0]) if len(columns) else 0
+
+
+def causal_logits(model: torch.nn.Module, batch: TokenBatch, start: int = 0) -> Tensor:
+    """Next-token logits of positions start..T-2, (B, T-1-start, V), aligned with
+    `next_token_targets(batch, start)`. A model that takes `logits_to_keep` (transformers' causal
+    LMs) computes its LM head on those positions only: with a large vocabulary the prompt's logits
+    are much of a forward's memory and time (a DeepSpeed engine passes it on to its module)."""
+    width = batch.input_ids.shape[1]
+    keep = {"logits_to_keep": width - start} if start and _takes_logits_to_keep(model) else {}
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **keep)
+    logits = out.logits
+    return logits[:, logits.shape[1] - (width - start) : -1]
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model
+    return "logits_to_keep" in inspect.signature(module.forward).parameters
 
 
 def token_logprobs(model: torch.nn.Module, batch: TokenBatch) -> tuple[Tensor, Tensor]:
-    """Log-probs of each next token under `model` (B, T-1) and the response mask over them (B, T-1)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    labels, mask = next_token_targets(batch)
-    return logprobs_from_logits(logits[:, :-1], labels), mask
+    """Log-probs of each next token under `model` and the response mask over them, both
+    (B, T-1-start) from `first_target` on (the positions before it predict prompt tokens only)."""
+    start = first_target(batch)
+    labels, mask = next_token_targets(batch, start)
+    return logprobs_from_logits(causal_logits(model, batch, start), labels), mask
 
 
 def _rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[tuple]:
@@ -99,7 +126,7 @@ def response_logprobs(
     for start in range(0, len(prompt_ids), batch_size):
         rows = _rows(prompt_ids[start : start + batch_size], response_ids[start : start + batch_size])
         batch = pad_rows(rows, pad_id).to(device)
-        logprobs, mask = token_logprobs(model, batch)  # (B, T-1) each
+        logprobs, mask = token_logprobs(model, batch)  # (B, T') each
         for row, row_mask in zip(logprobs.float().cpu(), mask.bool().cpu()):
             out.append(row[row_mask].tolist())
     return out
