@@ -24,7 +24,7 @@ from tandem.algos import (
 )
 from tandem.learners.base import DeepSpeedLearner, accumulate
 from tandem.models.rows import Rows, place_rows
-from tandem.models.tokens import TokenBatch, causal_logits, first_target, next_token_targets, token_logprobs
+from tandem.models.tokens import TokenBatch, next_token_targets, response_logits, token_logprobs
 
 
 class _RolloutLearner(DeepSpeedLearner):
@@ -136,10 +136,7 @@ class PolicyLearner(_RolloutLearner):
         return self._score(rows.select(index), lambda b: token_logprobs(self.engine, b))
 
     def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
-        tokens = rows.tokens(self.device)
-        start = first_target(tokens)  # logits of the positions before it would predict prompt tokens
-        labels, mask = next_token_targets(tokens, start)
-        logits = causal_logits(self.engine, tokens, start)  # (B, T', V)
+        logits, labels, mask = response_logits(self.engine, rows.tokens(self.device))  # (B, T', V)
         # (B, T') each; the entropy is a metric unless it is a bonus in the loss.
         logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
         # pi_old: given when the weights moved since the batch was scored (a later minibatch or

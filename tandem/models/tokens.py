@@ -12,6 +12,7 @@ real token before the padding.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -78,23 +79,31 @@ def causal_logits(model: torch.nn.Module, batch: TokenBatch, start: int = 0) -> 
     LMs) computes its LM head on those positions only: with a large vocabulary the prompt's logits
     are much of a forward's memory and time (a DeepSpeed engine passes it on to its module)."""
     width = batch.input_ids.shape[1]
-    keep = {"logits_to_keep": width - start} if start and _takes_logits_to_keep(model) else {}
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model
+    keep = {"logits_to_keep": width - start} if start and _takes_logits_to_keep(type(module)) else {}
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **keep)
     logits = out.logits
     return logits[:, logits.shape[1] - (width - start) : -1]
 
 
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    module = getattr(model, "module", model)  # a DeepSpeed engine's model
-    return "logits_to_keep" in inspect.signature(module.forward).parameters
+@functools.cache
+def _takes_logits_to_keep(model_class: type) -> bool:
+    # Once per class: every forward of every pass asks.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """`causal_logits` from `first_target` on (the positions before it predict prompt tokens only)
+    with their `next_token_targets`: (logits (B, T', V), labels (B, T'), mask (B, T'))."""
+    start = first_target(batch)
+    return causal_logits(model, batch, start), *next_token_targets(batch, start)
 
 
 def token_logprobs(model: torch.nn.Module, batch: TokenBatch) -> tuple[Tensor, Tensor]:
-    """Log-probs of each next token under `model` and the response mask over them, both
-    (B, T-1-start) from `first_target` on (the positions before it predict prompt tokens only)."""
-    start = first_target(batch)
-    labels, mask = next_token_targets(batch, start)
-    return logprobs_from_logits(causal_logits(model, batch, start), labels), mask
+    """Log-probs of each next token under `model` and the response mask over them, both (B, T'),
+    the positions of `response_logits`."""
+    logits, labels, mask = response_logits(model, batch)
+    return logprobs_from_logits(logits, labels), mask
 
 
 def _rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[tuple]:
