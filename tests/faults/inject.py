@@ -51,13 +51,18 @@ class FaultyRoles(Roles):
         FaultyRoles.made.append(self)
 
     def _read_pids(self) -> None:
-        """The single actors' pids, read while they are idle (again after one was healed)."""
-        self.pids |= {
-            "engine": _pid(self.rollout.engines[0]),
-            "reward": _pid(self.reward.actor),
-            "reference": _pid(self.reference.actor),
+        """The pids of the single actors still to be killed, read while they are idle (again after
+        one was healed). Not those killed already: scored as soon as drawn, the reward or reference
+        may have answered before its kill, and is then found dead only by the next step's call."""
+        pending = {f.target for f in self.faults.get(self.cfg.run.name, []) if f.killed_at is None}
+        engine = self.rollout.engines[0]
+        actors = {
+            "engine": engine,
+            "engine:idle": engine,
+            "reward": self.reward.actor,
+            "reference": self.reference.actor,
         }
-        self.pids["engine:idle"] = self.pids["engine"]
+        self.pids |= {target: _pid(actor) for target, actor in actors.items() if target in pending}
 
     def _strike(self, *targets: str) -> None:
         for fault in self.faults.get(self.cfg.run.name, []):
