@@ -58,12 +58,12 @@ class Size:
 
 
 SIZES = {
-    # Warm-up 3: asynchronous runs try their learners' two core splits in steps 2 and 3 (CoreSplit).
-    # This VM's speed shifts by up to 30% from one minute to the next (TRL's tiny step measured
-    # 0.31, 0.34, then 0.40 s in back-to-back runs of the same script), so tiny's TRL runs bracket
-    # each tandem run; a mid TRL run takes 3 minutes, and the bench's budget allows one.
-    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=3, bracket=True),
-    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=3, bracket=False),  # as run.sh
+    # Steps timed as run.sh times them. This VM's speed shifts by up to 30% from one minute to the
+    # next (TRL's tiny step measured 0.31, 0.34, then 0.40 s in back-to-back runs of the same
+    # script), so tiny's TRL runs bracket each tandem run; a mid TRL run takes 3 minutes, and the
+    # bench's budget allows one.
+    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2, bracket=True),
+    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=1, bracket=False),
 }
 
 

@@ -11,6 +11,7 @@ Ray's own blocking `ray.get` appears in tandem only here (tests/cluster/test_cal
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,25 @@ def first_done(
                 return i, _result(ready[0], calls[i], callees[i]), None
             except RoleError as err:
                 return i, None, err
+
+
+def when_done(refs: Sequence[Any]) -> threading.Event:
+    """An event a daemon thread sets once every one of `refs` has finished (answered, raised or lost
+    its actor), without fetching their results: for a process that changes course when other roles
+    stop computing (`tandem.learners.threads.CoreHandoff`). Their failures are for whoever waits on
+    the results. Setting the event early tells the thread to stop waiting."""
+    import ray
+
+    done = threading.Event()
+
+    def wait() -> None:
+        while not done.is_set():
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S, fetch_local=False)
+            if len(ready) == len(refs):
+                done.set()
+
+    threading.Thread(target=wait, name="when_done", daemon=True).start()
+    return done
 
 
 def find_dead(

@@ -45,7 +45,7 @@ from tandem.config import LearnerConfig
 from tandem.learners.finite import FiniteGuard
 from tandem.learners.rng import rng_state, seed_everything, set_rng_state
 from tandem.learners.schedule import lr_multiplier
-from tandem.learners.threads import on_all_cores
+from tandem.learners.threads import CoreHandoff, on_all_cores
 
 DS_TAG = "state"  # the one tag under a checkpoint's deepspeed/ folder
 
@@ -104,7 +104,7 @@ class DeepSpeedLearner:
         self.model: Any = None
         self.device = torch.device("cpu")
         self.max_nonfinite_steps = 3  # skipped optimizer steps in a row before NonFiniteError
-        self.core_sharers = 1  # the node's cores are split this many ways (see `learners.threads`)
+        self.handoff = CoreHandoff()  # how many ways the node's cores are split (see `learners.threads`)
 
     # -- hooks for subclasses -----------------------------------------------------------------
 
@@ -158,6 +158,7 @@ class DeepSpeedLearner:
             dist_init_required=False,
         )
         self.model = self.engine.module
+        self.handoff.attach(self.model)
         self._guard = FiniteGuard(optimizer, self._all_reduce, self.max_nonfinite_steps)
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         return {"rank": self.rank, "params": n_params, "device": str(self.device)}
@@ -339,10 +340,6 @@ class DeepSpeedLearner:
         rng_file = Path(path) / "rng" / f"rank{self.rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
-
-    def share_cores(self, sharers: int) -> None:
-        """Train on the node's cores split `sharers` ways from the next call on (`CoreSplit`)."""
-        self.core_sharers = sharers
 
     def _barrier(self) -> None:
         import torch.distributed as dist

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,13 +42,24 @@ class _RolloutLearner(DeepSpeedLearner):
     def count_units(self, rows: Rows) -> int:
         return int(rows["mask"].sum())
 
-    def train_rollout(self, tokens: Rows, train: Rows, index: Sequence[int]) -> dict[str, float]:
+    def train_rollout(
+        self, tokens: Rows, train: Rows, index: Sequence[int], beside: Sequence[Any] = ()
+    ) -> dict[str, float]:
         """One optimizer step on rows `index` of a step's batch (`tokens`, with the per-token arrays
-        of `train`); every rank calls it at once with its share."""
+        of `train`); every rank calls it at once with its share. `beside`: refs of the calls that
+        compute beside it on CPU (asynchronous PPO's draws ahead and their scoring), the cores
+        they use being handed over when they finish (`CoreHandoff`)."""
+        from tandem.cluster.calls import when_done
+
         started = time.perf_counter()
-        metrics = self.train_batch(tokens.merge(train).select(index))
+        done = when_done(beside) if beside and not self.cfg.threads else None
+        with self.handoff.beside(done) as seconds:
+            metrics = self.train_batch(tokens.merge(train).select(index))
         # This rank's time in the step, for the driver's share of orchestration around it.
-        return metrics | {"perf/learner_s": time.perf_counter() - started}
+        return metrics | {
+            "perf/learner_s": time.perf_counter() - started,
+            "perf/learner_all_cores_s": seconds["all_cores_s"],
+        }
 
     def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         """The micro-batch's token-mean loss, one forward per group of like length

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 
@@ -18,7 +21,7 @@ T = TypeVar("T")
 
 def rank_threads(sharers: int = 1) -> int:
     """This rank's share of its node's cores: split among the learner ranks on the node, and
-    `sharers` ways (asynchronous PPO may leave the engines their half: see `CoreSplit`)."""
+    `sharers` ways (asynchronous PPO may leave the engines their half: see `CoreHandoff`)."""
     from tandem.cluster.runtime import core_share
 
     return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * sharers)
@@ -26,14 +29,14 @@ def rank_threads(sharers: int = 1) -> int:
 
 def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
     """Run a learner method with `learner.threads` compute threads (default: `rank_threads` of the
-    learner's `core_sharers`), then return to Ray's count. For the calls during which every other
+    learner's `handoff.sharers`), then return to Ray's count. For the calls during which every other
     role waits (training, held-out loss); passes that run beside other roles (PPO's scoring) keep
     Ray's count."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
         shared = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or rank_threads(self.core_sharers))
+        torch.set_num_threads(self.cfg.threads or rank_threads(self.handoff.sharers))
         try:
             return method(self, *args, **kwargs)
         finally:
@@ -42,38 +45,53 @@ def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-class CoreSplit:
-    """Asynchronous PPO on CPU, `learner.threads` unset: do the learners train on all the node's
-    cores, beside the engines (oversubscribed while those generate), or on the half they leave?
+class CoreHandoff:
+    """Asynchronous PPO on CPU, `learner.threads` unset: a learner rank trains beside the engines on
+    the half of its cores they leave it (`sharers` 2), and takes them all from the first layer after
+    the engines have drawn the batches ahead and the scorers have scored them.
 
-    It depends on the model. A small one runs many short kernels, and its threads wait for each
-    other whenever one is descheduled: on 2 cores the tiny side-by-side model took 0.43 s a step on
-    all cores against 0.29 s on half. A larger one spends its update in big matrix products and
-    the engines finish their half early, so half the cores sit idle: the 22.8M-parameter model took
-    18.0 s on all cores against 22.9 s on half. So the first two steps that overlap (2 and 3) try
-    one way each, and the run keeps the faster in seconds per response token.
+    A fixed split wastes cores either way. On all the cores from the start, a small model's many
+    short kernels stall whenever one of its threads is descheduled by an engine's (2 cores, the tiny
+    side-by-side model: 0.43 s a step against 0.29 s on half); on half throughout, a larger one
+    leaves the engines' half idle once they are done (the 22.8M-parameter model: 22.9 s against
+    18.0 s on all). The check runs before each layer's forward and, in training, its backward (on
+    CPU the backward runs in the calling thread, whose thread count is the one that counts).
     """
 
-    TRIAL: ClassVar[dict[int, int]] = {2: 2, 3: 1}  # step -> learners' core sharers tried in it
+    def __init__(self) -> None:
+        self.sharers = 1  # the node's cores are split this many ways (see `on_all_cores`)
+        self._done: threading.Event | None = None
+        self._started = self._taken = 0.0
 
-    def __init__(self, enabled: bool, state: dict | None = None) -> None:
-        self.enabled = enabled
-        self.seconds_per_token: dict[int, float] = {int(k): v for k, v in (state or {}).items()}
+    def attach(self, model: torch.nn.Module) -> None:
+        """Check before the layers of each of `model`'s layer lists (its transformer blocks)."""
+        for layers in (m for m in model.modules() if isinstance(m, torch.nn.ModuleList)):
+            for layer in layers:
+                layer.register_forward_pre_hook(self._check)
+                layer.register_forward_hook(self._check_in_backward)
 
-    def sharers(self, step: int) -> int | None:
-        """The learners' core sharers for `step` (None: unchanged, or not deciding)."""
-        if not self.enabled:
-            return None
-        if step in self.TRIAL:
-            return self.TRIAL[step]
-        return self.chosen() if len(self.seconds_per_token) == len(self.TRIAL) else None
+    @contextmanager
+    def beside(self, done: threading.Event | None) -> Iterator[dict[str, float]]:
+        """Train on half the cores until `done` is set (None: on all of them, nothing computes
+        beside). Yields a dict that receives, at the end, the seconds spent on all the cores."""
+        seconds: dict[str, float] = {}
+        self._done, self.sharers = done, 1 if done is None else 2
+        self._started = self._taken = time.perf_counter()
+        try:
+            yield seconds
+        finally:
+            if self._done is not None:  # never taken: stop the thread waiting on the others
+                self._done.set()
+                self._taken = time.perf_counter()
+            seconds["all_cores_s"] = time.perf_counter() - self._taken
+            self._done, self.sharers = None, 1
 
-    def chosen(self) -> int:
-        return min(self.seconds_per_token, key=self.seconds_per_token.__getitem__)
+    def _check(self, *_: Any) -> None:
+        if self._done is not None and self._done.is_set():
+            self._done, self.sharers, self._taken = None, 1, time.perf_counter()
+            torch.set_num_threads(rank_threads(1))
 
-    def record(self, step: int, seconds: float, tokens: float) -> None:
-        if self.enabled and step in self.TRIAL:
-            self.seconds_per_token[self.TRIAL[step]] = seconds / max(tokens, 1.0)
-
-    def state_dict(self) -> dict[str, float]:
-        return {str(k): v for k, v in self.seconds_per_token.items()}
+    def _check_in_backward(self, module: Any, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self._done is not None and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(self._check)

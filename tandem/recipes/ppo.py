@@ -22,7 +22,6 @@ from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder, load_prompts
 from tandem.learners.finite import RewardGuard
-from tandem.learners.threads import CoreSplit
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
@@ -92,8 +91,9 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         state = roles.restore(run.resume_from)
         kl_ctl.load_state_dict(state["kl_controller"])
         ahead = {g["step"]: Generation.from_state_dict(g) for g in state.get("ahead", [])}
-    on_cpu = not cfg.learner.gpus_per_rank
-    split = CoreSplit(bool(p.max_staleness and on_cpu and not cfg.learner.threads), state.get("core_split"))
+    # On CPU the learners train beside the draws ahead on half the cores, and take the engines'
+    # half when those are done (`CoreHandoff`; not with `learner.threads` set).
+    hand_off = p.max_staleness and not cfg.learner.gpus_per_rank
 
     def start(first: int, last: int) -> None:
         for s in range(first, min(last, p.steps) + 1):
@@ -111,10 +111,9 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         start(step + 1, step + p.max_staleness)  # drawn while this batch is scored and trained
         with timed(t, "score", cpu):
             true_rewards = roles.score(batch)
-        if (sharers := split.sharers(step)) is not None:
-            roles.share_learner_cores(sharers)
         if finite := rewards.check(batch.scores, step):
-            metrics = _learn(cfg, roles, batch, true_rewards, kl_ctl, t, cpu, step)
+            beside = [ref for g in ahead.values() for ref in g.calls()] if hand_off else []
+            metrics = _learn(cfg, roles, batch, true_rewards, kl_ctl, t, cpu, step, beside)
         else:  # nothing trained: the weights and KL controller stay; the sync still counts the step
             metrics = {"reward/nonfinite_frac": (~torch.isfinite(batch.scores)).float().mean().item()}
         with timed(t, "weight_sync", cpu):
@@ -126,10 +125,6 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
         }
         metrics |= t | _throughput(batch, t) | cpu.utilisation()
         metrics |= _overhead(metrics, time.perf_counter() - step_started)
-        if finite:  # a skipped update's step says nothing of the learners' speed
-            split.record(step, time.perf_counter() - step_started, float(batch.lengths().sum()))
-        if sharers is not None:
-            metrics["perf/learner_core_share"] = 1 / sharers
         run.tracker.log(metrics, step=step)
         if step % p.sample_table_every == 0 or step == p.steps:
             run.tracker.table(
@@ -154,7 +149,6 @@ def train(cfg: Config, roles: Roles, run: Run, prompts: list[str], stop_after: i
                     "kl_controller": kl_ctl.state_dict(),
                     "samples_seen": step * len(batch),
                     "ahead": [ahead[s].state_dict() for s in sorted(ahead)],
-                    "core_split": split.state_dict(),
                     **layout(cfg.learner),
                 },
             )
@@ -174,8 +168,10 @@ def _learn(
     t: dict[str, float],
     cpu: CpuClock,
     step: int,
+    beside: list[Any],
 ) -> dict[str, float]:
-    """Advantages, then the critic's and the policy's updates on `batch`; their metrics."""
+    """Advantages, then the critic's and the policy's updates on `batch`; their metrics. `beside`:
+    the calls computing meanwhile (see `PolicyLearner.train_rollout`)."""
     p = cfg.ppo
     with timed(t, "advantages", cpu):
         kl_metrics = compute_advantages(
@@ -196,9 +192,9 @@ def _learn(
     }
     if roles.critic is not None:
         with timed(t, "critic_update", cpu):
-            metrics |= roles.update("critic", batch)
+            metrics |= roles.update("critic", batch, beside)
     with timed(t, "policy_update", cpu):
-        metrics |= roles.update("policy", batch)
+        metrics |= roles.update("policy", batch, beside)
     kl_ctl.update(kl_metrics["kl/mean"], len(batch))
     return metrics | kl_metrics
 

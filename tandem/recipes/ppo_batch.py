@@ -215,6 +215,12 @@ class Generation:
             self._drawn.weight_versions += self.version_offset
         return self._drawn
 
+    def calls(self) -> list[Any]:
+        """Refs of the calls drawing and scoring these samples (none when restored from a checkpoint)."""
+        if self._request is None:
+            return []
+        return [s.ref for s in self._request.shares] + [c.ref for c in self.scoring or ()]
+
     def batch(self) -> RolloutBatch:
         """The samples as a batch, with the scoring calls made on them while they were drawn when
         those calls read these very answers (no engine was healed and its share drawn again)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Self
@@ -37,7 +38,6 @@ class Roles:
         self.cfg = cfg
         self._groups: list[Any] = []
         self._placement: Any = None  # the policy's placement group, when roles are colocated in it
-        self._learner_sharers = 1
         self._sync: tuple[Any, list, int] | None = None  # the weight stream in flight
         try:
             self._start(rm_path)
@@ -72,7 +72,7 @@ class Roles:
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._placement = colocated_placement(cfg)
         # Asynchronous: the engines generate beside the learners, on half the cores; the learners take
-        # all of them or the other half (`CoreSplit`).
+        # the other half, and all of them once the engines are done (`CoreHandoff`).
         sharers = 2 if p.max_staleness else 1
         self.policy = self._learners(
             "policy",
@@ -267,10 +267,11 @@ class Roles:
             return None
         return self.task_reward(batch.prompts, batch.responses)
 
-    def update(self, role: str, batch: RolloutBatch) -> dict[str, float]:
+    def update(self, role: str, batch: RolloutBatch, beside: Sequence[Any] = ()) -> dict[str, float]:
         """ppo_epochs passes over the batch in num_minibatches shuffled minibatches (one optimizer
         step each) on the role's learner group; metrics averaged over the steps. The per-token arrays
-        to train on go to the object store once; each rank is sent its rows' indices."""
+        to train on go to the object store once; each rank is sent its rows' indices. `beside`: see
+        `PolicyLearner.train_rollout`."""
         import ray
 
         from tandem.models.rows import Rows
@@ -289,7 +290,9 @@ class Roles:
             self.rng.shuffle(order)
             for start in range(0, len(order), size):
                 parts = shard(order[start : start + size], group.world_size)
-                per_rank = group.call_per_rank("train_rollout", [(batch.rows, train, part) for part in parts])
+                per_rank = group.call_per_rank(
+                    "train_rollout", [(batch.rows, train, part, beside) for part in parts]
+                )
                 metrics = per_rank[0]  # global metrics: the same on every rank
                 for k, v in metrics.items():
                     if k.endswith("_max"):
@@ -298,16 +301,9 @@ class Roles:
                         sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"
         steps = p.ppo_epochs * p.num_minibatches
-        learner_s = sums.pop("perf/learner_s")  # a total, not a mean
-        out = {k: v / steps for k, v in sums.items()} | maxima | {f"perf/{prefix}_learner_s": learner_s}
+        totals = {f"perf/{prefix}_{k}": sums.pop(f"perf/{k}") for k in ("learner_s", "learner_all_cores_s")}
+        out = {k: v / steps for k, v in sums.items()} | maxima | totals
         return {(k if "/" in k else f"{prefix}/{k}"): v for k, v in out.items()}
-
-    def share_learner_cores(self, sharers: int) -> None:
-        """The learners train on their node's cores split `sharers` ways from now on (`CoreSplit`)."""
-        if sharers != self._learner_sharers:
-            for group in self.learner_groups().values():
-                group.call("share_cores", sharers)
-            self._learner_sharers = sharers
 
     def sync_weights(self) -> None:
         """Start streaming the policy's weights to every engine, once the previous stream is checked

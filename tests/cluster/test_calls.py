@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from ray import cloudpickle
 
-from tandem.cluster.calls import Callee, RoleError, find_dead, first_done, get, get_one, node_of
+from tandem.cluster.calls import (
+    POLL_S,
+    Callee,
+    RoleError,
+    find_dead,
+    first_done,
+    get,
+    get_one,
+    node_of,
+    when_done,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -109,3 +120,37 @@ def test_first_done_answers_each_call_its_own_way(ray_session):
     # The busy napper (its 30 s nap queued the probe) is not taken for dead.
     assert [(i, e.kind) for i, e in find_dead([napper, doomed], callees[:2])] == [(1, "died")]
     ray.kill(napper)
+
+
+def test_when_done_is_set_once_every_call_has_finished_or_failed(ray_session):
+    import ray
+
+    napper, doomed = (ray.remote(Slow).options(num_cpus=0.1).remote() for _ in range(2))
+    started = time.monotonic()
+    done = when_done([napper.nap.remote(0.2), napper.nap.remote(1.0), doomed.die.remote()])
+    assert not done.is_set()
+    assert done.wait(30) and time.monotonic() - started >= 1.2  # the naps run in turn
+    # Set by the caller: the thread stops waiting on calls that do not end.
+    when_done([napper.nap.remote(60)]).set()
+    time.sleep(2.5 * POLL_S)
+    assert not [t for t in threading.enumerate() if t.name == "when_done"]
+    ray.kill(napper)
+
+
+class Waiter:
+    def wait_for(self, refs: list) -> bool:
+        """In an actor, as a learner waits on the calls computing beside it (refs in a list reach
+        it as refs, not their results)."""
+        return when_done(refs).wait(30)
+
+
+def test_when_done_in_an_actor_given_refs_in_a_list(ray_session):
+    import ray
+
+    napper = ray.remote(Slow).options(num_cpus=0.1).remote()
+    waiter = ray.remote(Waiter).options(num_cpus=0.1).remote()
+    started = time.monotonic()
+    assert get_one(waiter.wait_for.remote([napper.nap.remote(0.5)]), "wait_for", 60, Callee("waiter"))
+    assert time.monotonic() - started >= 0.5
+    ray.kill(napper)
+    ray.kill(waiter)

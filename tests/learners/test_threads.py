@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
 
 from tandem.config import LearnerConfig
+from tandem.learners import threads
 from tandem.learners.base import DeepSpeedLearner
-from tandem.learners.threads import CoreSplit, on_all_cores, rank_threads
+from tandem.learners.threads import CoreHandoff, on_all_cores, rank_threads
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -27,7 +29,8 @@ def test_rank_threads_share_the_cores_among_the_ranks_on_the_node(monkeypatch):
 class _Rank:
     def __init__(self, threads: int | None, core_sharers: int = 1) -> None:
         self.cfg = LearnerConfig(threads=threads)
-        self.core_sharers = core_sharers
+        self.handoff = CoreHandoff()
+        self.handoff.sharers = core_sharers
 
     @on_all_cores
     def work(self) -> int:
@@ -60,16 +63,54 @@ def test_training_and_held_out_loss_run_on_all_cores():
         assert method.__code__ is on_all_cores(lambda self: None).__code__, method.__qualname__
 
 
-def test_core_split_tries_half_then_all_and_keeps_the_faster_per_token():
-    split = CoreSplit(True)
-    assert [split.sharers(s) for s in (1, 2, 3)] == [None, 2, 1]  # step 1 overlaps nothing
-    split.record(1, 9.0, 10)  # not a trial step: ignored
-    split.record(2, 0.30, 1500)  # half the cores: 0.200 ms a token
-    assert split.sharers(4) is None  # undecided until both were tried
-    split.record(3, 0.40, 1600)  # all of them: 0.250 ms a token, though more tokens
-    assert split.sharers(4) == split.sharers(50) == 2
-    # Kept in checkpoints: a resumed run keeps the choice.
-    assert CoreSplit(True, split.state_dict()).sharers(5) == 2
-    other = CoreSplit(True, {"2": 2e-4, "1": 1e-4})
-    assert other.sharers(4) == 1
-    assert CoreSplit(False).sharers(2) is None  # learner.threads set, synchronous, or on GPUs
+def test_a_handoff_trains_on_half_the_cores_until_the_others_are_done_then_on_all(monkeypatch):
+    from tandem.models import load_causal_lm
+
+    monkeypatch.setattr(threads, "rank_threads", lambda sharers=1: 4 // sharers)
+    model = load_causal_lm("tiny-qwen2")
+    handoff = CoreHandoff()
+    handoff.attach(model)
+    layers = model.model.layers
+    seen: list[tuple[str, int, int]] = []  # (pass, layer, threads it ran with)
+
+    def record(kind: str, i: int) -> None:
+        seen.append((kind, i, torch.get_num_threads()))
+
+    def in_backward(i: int, out: torch.Tensor) -> None:
+        out.register_hook(lambda _grad: record("backward", i))
+
+    for i, layer in enumerate(layers):  # registered after the hand-off's checks: they see their effect
+        layer.register_forward_pre_hook(lambda *_, i=i: record("forward", i))
+        layer.register_forward_hook(lambda _m, _a, out, i=i: in_backward(i, out))
+    done = threading.Event()
+    layers[1].register_forward_hook(lambda *_: done.set())  # the engines finish during layer 1
+    before = torch.get_num_threads()
+    try:
+        rank = _Rank(None)
+        rank.handoff = handoff
+        ids = torch.tensor([[2, 6, 40, 41, 50]])
+
+        @on_all_cores
+        def step(self) -> None:
+            model(ids).logits.sum().backward()
+
+        with handoff.beside(done) as seconds:
+            step(rank)
+        last = len(layers) - 1
+        assert seen[:3] == [("forward", 0, 2), ("forward", 1, 2), ("forward", 2, 4)]
+        assert all(t == 4 for _, i, t in seen[2:]) and seen[-1] == ("backward", 0, 4)
+        assert ("backward", last, 4) in seen and 0 < seconds["all_cores_s"]
+        assert handoff.sharers == 1
+
+        seen.clear()  # never done: half the cores throughout, forward and backward
+        with handoff.beside(threading.Event()) as seconds:
+            step(rank)
+        assert {t for *_, t in seen} == {2} and len(seen) == 2 * len(layers)
+        assert seconds["all_cores_s"] < 0.01
+
+        seen.clear()  # nothing beside: all the cores
+        with handoff.beside(None):
+            step(rank)
+        assert {t for *_, t in seen} == {4}
+    finally:
+        torch.set_num_threads(before)

@@ -72,13 +72,15 @@ def _warm_imports():
 
 
 class RecordingRoles(Roles):
-    """`Roles` that records its layout (engines, policy ranks, critic ranks) and the engines' weight
-    versions after every sync (read from the engines, not the driver's counter)."""
+    """`Roles` that records its layout (engines, policy ranks, critic ranks), the engines' weight
+    versions after every sync (read from the engines, not the driver's counter) and how many calls
+    each update was told compute beside it."""
 
     made: ClassVar[list[RecordingRoles]] = []
 
     def __init__(self, *args, **kwargs) -> None:
         self.synced: list[list[int]] = []
+        self.beside: list[tuple[str, int]] = []  # (role, calls computing beside) of each update
         super().__init__(*args, **kwargs)
         self.layout = (
             len(self.rollout.engines),
@@ -96,6 +98,10 @@ class RecordingRoles(Roles):
             )
         }
         RecordingRoles.made.append(self)
+
+    def update(self, role, batch, beside=()):
+        self.beside.append((role, len(beside)))
+        return super().update(role, batch, beside)
 
     def sync_weights(self) -> None:
         super().sync_weights()
@@ -207,7 +213,7 @@ def learn_async(ray_session, recording, tmp_path_factory):
     return root
 
 
-def test_async_samples_are_one_version_behind_and_corrected(learn, learn_async):
+def test_async_samples_are_one_version_behind_and_corrected(learn, learn_async, recording):
     rows, sync = _rows(learn_async / "straight"), _rows(learn / "straight")
     assert sorted(rows) == list(range(1, LEARN_STEPS + 1))
     _check_sane_async(rows)
@@ -221,6 +227,10 @@ def test_async_samples_are_one_version_behind_and_corrected(learn, learn_async):
         assert rows[step]["offpolicy/staleness_mean"] == rows[step]["offpolicy/staleness_max"] == 1, step
         assert rows[step]["offpolicy/is_ratio_max"] != pytest.approx(1.0, abs=1e-4), step
     assert all(r["offpolicy/staleness_max"] == 0 for r in sync.values())
+    # Each update but the last is told of the next batch's draw and scoring (reward, reference), which
+    # compute beside it; with `learner.threads` set, as here, its learners keep their threads.
+    (roles,) = [r for r in _roles(recording, "straight") if r.cfg.ppo.max_staleness]
+    assert roles.beside == [("policy", 3)] * (LEARN_STEPS - 1) + [("policy", 0)]
 
 
 def test_async_stop_and_resume_equals_straight_run(learn_async):
@@ -300,6 +310,7 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
     assert policy_pg is not None and set(pgs["critic"] + pgs["reference"] + pgs["reward"]) == {policy_pg}
     assert policy_pg not in pgs["engines"]
     assert roles.synced == [[1, 1], [2, 2]]  # every engine loaded every step's weights
+    assert roles.beside == [("critic", 0), ("policy", 0)] * 2  # synchronous: nothing computes beside
     rows = _rows(tmp_path / "zero3")
     assert sorted(rows) == [1, 2]
     _check_sane(rows)
@@ -313,6 +324,9 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
     assert rows[1]["critic/values_mean"] != rows[2]["critic/values_mean"]  # the critic trained
     # k3 >= 0, and it is 0 only while the policy is the reference (step 1's first minibatch).
     assert 0 <= rows[1]["actor/kl_loss"] < rows[2]["actor/kl_loss"]
+    for row in rows.values():
+        for role in ("actor", "critic"):
+            assert 0 < row[f"perf/{role}_learner_all_cores_s"] <= row[f"perf/{role}_learner_s"]
 
 
 def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):
