@@ -97,10 +97,10 @@ class FaultyRoles(Roles):
         finally:
             self._note_heals()
 
-    def update(self, role, batch):
+    def update(self, role, batch, beside=()):
         if role == "policy":
             self._strike("policy", "engine:idle")
-        return super().update(role, batch)
+        return super().update(role, batch, beside)
 
     def sync_weights(self) -> None:
         super().sync_weights()
