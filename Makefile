@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tandem pipeline configs/demo.yaml
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
