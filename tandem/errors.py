@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 
 # Ray colours the remote frames it prints (`ray::Actor.method()` in cyan).
@@ -55,3 +56,17 @@ def _raised_in_text(traceback_text: str) -> UserError | None:
     if not (isinstance(cls, type) and issubclass(cls, UserError)):
         return None
     return UserError(traceback_text[matches[-1].end() :].strip())
+
+
+class _QuietUserErrors(logging.Filter):
+    """Drops the log a Ray worker writes when an actor's constructor raised a UserError: Ray logs
+    the whole remote traceback there and forwards it to the driver's console, where the CLI then
+    prints the same error as its one paragraph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _raised_in_text(_ANSI.sub("", record.getMessage())) is None
+
+
+# At import, so in every process that can raise a UserError: Ray's worker logs creation-task
+# errors on this logger ("Exception raised in creation task: ...").
+logging.getLogger("ray._raylet").addFilter(_QuietUserErrors())

@@ -3,6 +3,9 @@ reaching the terminal as tandem's one paragraph (exit 2), the traceback only wit
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 
 from tandem import cli
@@ -80,6 +83,27 @@ def test_find_user_error_unwraps_ray_and_tandem_wrappers():
     assert find_user_error(RuntimeError("a bug")) is None
 
 
+def test_rays_log_of_a_user_error_raised_in_a_constructor_is_dropped():
+    logger = logging.getLogger("ray._raylet")  # where a Ray worker logs an actor constructor's error
+
+    def kept(traceback_text: str) -> bool:
+        record = logger.makeRecord(
+            logger.name,
+            logging.ERROR,
+            "_raylet.pyx",
+            1,
+            "Exception raised in creation task: %s",
+            (traceback_text,),
+            None,
+        )
+        return bool(logger.filter(record))
+
+    frames = '\x1b[36mray::RewardScorer.__init__()\x1b[39m\n  File "reward.py", line 3, in __init__\n'
+    assert not kept(frames + "tandem.actors.reward.RewardError: reward spec 'm:f': no module named 'm'")
+    assert kept(frames + "ValueError: a bug")  # a bug keeps its traceback
+    assert kept(frames + "tandem.errors.JobError: the reward kept failing")  # not a UserError
+
+
 def _raise_in_actor(cfg, args) -> int:
     """A job whose reward-like actor raises a UserError in a method (`--where method`) or in its
     constructor."""
@@ -109,6 +133,7 @@ def test_a_user_error_inside_an_actor_is_one_paragraph(ray_session, monkeypatch,
     err = capsys.readouterr().err
     assert err == "tandem: error: reward function 'mod:fn' returned NaN for sample 3\n"
     assert cli.main(["probe", "configs/sft.yaml", "run.name=init"]) == 2
+    time.sleep(2)  # time for Ray to forward the worker's log of the constructor's error, were it written
     assert capsys.readouterr().err == "tandem: error: reward spec 'nope:fn': no module named 'nope'\n"
     # --debug: the remote traceback first, then the same paragraph.
     assert cli.main(["probe", "configs/sft.yaml", "run.name=method", "--debug"]) == 2
