@@ -65,7 +65,8 @@ class RolloutEngine:
             max_model_len=model.max_prompt_len + model.max_response_len,
             max_num_seqs=rollout.max_num_seqs,
             tensor_parallel_size=rollout.tensor_parallel_size,
-            enforce_eager=not on_gpu,  # CUDA graphs pay off on GPUs; on CPU eager is faster to start
+            # CUDA graphs pay off on GPUs; on CPU eager starts in seconds (see `enforce_eager`).
+            enforce_eager=not on_gpu if rollout.enforce_eager is None else rollout.enforce_eager,
             worker_extension_cls=EXTENSION,
             **memory,
         )

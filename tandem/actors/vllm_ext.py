@@ -13,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -55,19 +56,24 @@ class WeightSyncExtension:
             raise RuntimeError("tandem_receive_weights before tandem_init_weight_sync")
         started = time.perf_counter()
         stream = _Metered(receive_stream(group, device=self.device))
-        # One reload for the whole stream: vLLM's layerwise reload buffers a layer's tensors until it
-        # has them all, so a layer split across buckets (q, k, v -> qkv_proj) still loads correctly;
-        # reloading bucket by bucket would process half-loaded layers.
-        self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
-        for _ in stream:  # the loader may stop early; the sender must still see every receive
-            pass
-        _refresh_tied(self.model_runner.get_model())
+        load_in_place(self, stream)
         return {
             "tensors": stream.count,
             "bytes": stream.nbytes,
             "receive_s": stream.wait_s,
             "total_s": time.perf_counter() - started,
         }
+
+
+def load_in_place(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """Load a full set of (name, tensor) checkpoint weights into vLLM `worker`'s model in place."""
+    # One reload for the whole stream: vLLM's layerwise reload buffers a layer's tensors until it
+    # has them all, so a layer split across buckets (q, k, v -> qkv_proj) still loads correctly;
+    # reloading bucket by bucket would process half-loaded layers.
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    for _ in weights:  # the loader may stop early; a sender must still see every receive
+        pass
+    _refresh_tied(worker.model_runner.get_model())
 
 
 def _refresh_tied(model: torch.nn.Module) -> None:

@@ -78,3 +78,39 @@ def test_vllm_sampled_logprobs_match_transformers(name, model_dirs):
     sampled = sum(len(r) for _, r in sequences)
     print(f"{name}: {sampled} sampled tokens, max |vLLM - HF| logprob = {worst:.2e}")
     assert sampled > 50 and worst < TOLERANCE
+
+
+def test_a_compiled_engine_samples_with_the_weights_loaded_in_place(model_dirs):
+    """`rollout.enforce_eager: false` on CPU (torch.compile): after an in-place load of other weights,
+    as every weight sync does, the engine samples with the new weights' logprobs, not stale ones
+    held in the compiled graph."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+    from tandem.actors.rollout import RolloutEngine
+    from tandem.actors.vllm_ext import load_in_place
+    from tandem.config import ModelConfig, RolloutConfig
+
+    model = ModelConfig(path=str(model_dirs["tiny-qwen2"]), max_prompt_len=32, max_response_len=16)
+    engine = RolloutEngine(model, RolloutConfig(enforce_eager=False, kv_cache_mb=16, max_num_seqs=8))
+    try:
+        assert engine.llm.llm_engine.vllm_config.model_config.enforce_eager is False
+        torch.manual_seed(0)
+        moved = load_causal_lm("tiny-qwen2").eval()
+        with torch.no_grad():
+            for p in moved.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        weights = [(name, p.detach().clone()) for name, p in moved.state_dict().items()]
+        engine.llm.collective_rpc(lambda worker: load_in_place(worker, iter(weights)))
+        engine.llm.reset_prefix_cache()
+        prompts = [prompt_ids(engine.tokenizer, p) for p in rl_prompts("sort", 4)]
+        samples = engine.generate(prompts, n=2, seed=1)
+    finally:
+        del engine
+        gc.collect()
+    sequences = [(s.prompt_ids, s.response_ids) for s in samples]
+    drawn = [torch.tensor(s.logprobs) for s in samples]
+    worst = max((d - h).abs().max().item() for d, h in zip(drawn, _hf_logprobs(moved, sequences)))
+    stale = max(
+        (d - h).abs().max().item()
+        for d, h in zip(drawn, _hf_logprobs(load_causal_lm("tiny-qwen2").eval(), sequences))
+    )
+    assert worst < TOLERANCE and stale > 1e-2, (worst, stale)
