@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -22,9 +23,19 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range. A port the OS hands out for port 0 could be
+    taken before the head binds it: its raylet binds port 0 for the object manager once started,
+    and took the agent's port so once ("address already in use"; the agent never came up)."""
+    linux = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(linux.read_text().split()[0]) if linux.exists() else 32768  # macOS's starts at 49152
+    for port in random.sample(range(20000, low), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000-{low - 1}")
 
 
 def stop_processes_under(temp_dir: str) -> None:
@@ -66,6 +77,7 @@ def ray_head(auth_env):
             "--disable-usage-stats",
             # The job agent's default port (52365) may be held by another Ray on this machine (the
             # test session's own): its agent would then never come up ("No available agent").
+            # Chosen outside the ephemeral range, like the ports above (see `free_port`).
             f"--dashboard-agent-listen-port={free_port()}",
         ],
         check=True,
