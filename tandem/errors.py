@@ -36,7 +36,7 @@ def find_user_error(err: BaseException | None) -> UserError | None:
         if isinstance(err, UserError):
             return err
         if getattr(err, "_actor_init_failed", False):  # Ray's ActorDiedError
-            found = _raised_in_text(_ANSI.sub("", getattr(err, "error_msg", "")))
+            found = _raised_in_text(getattr(err, "error_msg", ""))
             if found is not None:
                 return found
         err = err.__cause__  # `raise ... from`: only an explicit cause, not an error met in cleanup
@@ -44,7 +44,9 @@ def find_user_error(err: BaseException | None) -> UserError | None:
 
 
 def _raised_in_text(traceback_text: str) -> UserError | None:
-    """The UserError (subclass included) a traceback's text ends with, rebuilt from its message."""
+    """The UserError (subclass included) a traceback's text, as Ray prints it (coloured), ends with,
+    rebuilt from its message."""
+    traceback_text = _ANSI.sub("", traceback_text)
     matches = list(_RAISED.finditer(traceback_text))
     if not matches:
         return None
@@ -64,7 +66,7 @@ class _QuietUserErrors(logging.Filter):
     prints the same error as its one paragraph."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return _raised_in_text(_ANSI.sub("", record.getMessage())) is None
+        return _raised_in_text(record.getMessage()) is None
 
 
 # At import, so in every process that can raise a UserError: Ray's worker logs creation-task
