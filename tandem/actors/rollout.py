@@ -1,4 +1,5 @@
-"""Rollout engines: Ray actors each hosting one vLLM engine, and the driver-side group over them.
+"""Rollout engines: Ray actors each hosting one vLLM engine (or, with `rollout.backend: transformers`,
+a transformers model: `tandem.actors.transformers_engine`), and the driver-side group over them.
 
 On CPU the engine runs in the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0: a 2-4 s start
 and 1 GB, against 20-35 s and 2.3 GB for the multiprocess engine). On GPUs an engine may span several
@@ -191,9 +192,7 @@ class RolloutEngine:
         one more than before (a replacement engine takes the others' version). Timings of the last
         sync are in `info()["last_sync"]`."""
         started = time.perf_counter()
-        stats = self.llm.collective_rpc("tandem_receive_weights")[0]  # worker 0's; the others match
-        # Cached KV blocks were computed with the old weights.
-        self.llm.reset_prefix_cache()
+        stats = self._receive()
         self.version = self.version + 1 if version is None else version
         self.last_sync = {**stats, "total_s": time.perf_counter() - started}
         logger.info(
@@ -205,6 +204,13 @@ class RolloutEngine:
             stats["receive_s"],
         )
         return self.version
+
+    def _receive(self) -> dict[str, float]:
+        """Load one weight stream; its tensors, bytes and seconds (in all, and receiving)."""
+        stats = self.llm.collective_rpc("tandem_receive_weights")[0]  # worker 0's; the others match
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        return stats
 
     def info(self) -> dict[str, Any]:
         """Model path, startup seconds, compute threads, weight version and the last sync's numbers
@@ -218,6 +224,15 @@ class RolloutEngine:
             "weight_version": self.version,
             "last_sync": self.last_sync,
         }
+
+
+def engine_class(rollout: RolloutConfig) -> type[RolloutEngine]:
+    """The engine body `rollout.backend` names."""
+    if rollout.backend == "transformers":
+        from tandem.actors.transformers_engine import TransformersEngine
+
+        return TransformersEngine
+    return RolloutEngine
 
 
 def _split(n_items: int, n_parts: int) -> list[tuple[int, int]]:
@@ -273,7 +288,7 @@ class RolloutGroup:
         import ray
 
         # Engine seeds differ so unseeded engines do not draw the same samples.
-        actor = ray.remote(RolloutEngine).options(**self.options[i])
+        actor = ray.remote(engine_class(self.cfg.rollout)).options(**self.options[i])
         return actor.remote(self.cfg.model, self.cfg.rollout, self.cfg.run.seed + i, self._core_sharers)
 
     def _tensor_parallel_options(self, r: RolloutConfig) -> dict[str, Any]:

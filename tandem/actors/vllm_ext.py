@@ -55,7 +55,7 @@ class WeightSyncExtension:
         if group is None:
             raise RuntimeError("tandem_receive_weights before tandem_init_weight_sync")
         started = time.perf_counter()
-        stream = _Metered(receive_stream(group, device=self.device))
+        stream = Metered(receive_stream(group, device=self.device))
         load_in_place(self, stream)
         return {
             "tensors": stream.count,
@@ -95,13 +95,13 @@ def _refresh_tied(model: torch.nn.Module) -> None:
                 method.process_weights_after_loading(module)
 
 
-class _Metered:
+class Metered:
     """Counts what passes and times the waits for it (the receiving side of the loader's loop)."""
 
     def __init__(self, it: Iterator[tuple[str, torch.Tensor]]) -> None:
         self._it, self.count, self.nbytes, self.wait_s = it, 0, 0, 0.0
 
-    def __iter__(self) -> _Metered:
+    def __iter__(self) -> Metered:
         return self
 
     def __next__(self) -> tuple[str, torch.Tensor]:

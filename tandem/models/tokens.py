@@ -80,14 +80,14 @@ def causal_logits(model: torch.nn.Module, batch: TokenBatch, start: int = 0) -> 
     are much of a forward's memory and time (a DeepSpeed engine passes it on to its module)."""
     width = batch.input_ids.shape[1]
     module = getattr(model, "module", model)  # a DeepSpeed engine's model
-    keep = {"logits_to_keep": width - start} if start and _takes_logits_to_keep(type(module)) else {}
+    keep = {"logits_to_keep": width - start} if start and takes_logits_to_keep(type(module)) else {}
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **keep)
     logits = out.logits
     return logits[:, logits.shape[1] - (width - start) : -1]
 
 
 @functools.cache
-def _takes_logits_to_keep(model_class: type) -> bool:
+def takes_logits_to_keep(model_class: type) -> bool:
     # Once per class: every forward of every pass asks.
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 

@@ -26,11 +26,11 @@ def _prompts(cfg: Config) -> list[str]:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    from tandem.actors.rollout import RolloutEngine
+    from tandem.actors.rollout import engine_class
     from tandem.data import get_task
 
     prompts = _prompts(cfg)
-    engine = RolloutEngine(cfg.model, cfg.rollout, seed=cfg.run.seed)
+    engine = engine_class(cfg.rollout)(cfg.model, cfg.rollout, seed=cfg.run.seed)
     samples = engine.generate_text(prompts, greedy=False, seed=cfg.run.seed)
     task = get_task(cfg.data.task)
     rewards = []

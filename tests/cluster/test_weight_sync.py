@@ -209,3 +209,25 @@ def test_a_replaced_engine_gets_the_weights_then_syncs_with_the_survivor(setup, 
     assert WeightSync(learners, engines.engines, CFG.rollout.sync_bucket_mb).sync(3) == [3, 3]
     for engine_lp in _engine_logprobs(engines, sequences):
         assert _max_diff(engine_lp, updated) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_transformers_engine_takes_the_same_stream(setup, sequences):
+    """`rollout.backend: transformers` joins a broadcast group as one rank and loads the stream by
+    name (tied lm_head included, through the embedding): it then scores as the learner does, down
+    to float32 rounding, and samples with the new version."""
+    learners, _, _, _ = setup
+    cfg = CFG.model_copy(
+        update={"rollout": CFG.rollout.model_copy(update={"backend": "transformers", "num_engines": 1})}
+    )
+    engines = RolloutGroup(cfg)
+    try:
+        _train_step(learners, sequences)  # away from the initial weights the engine starts with
+        trained = learners.call("logprobs", *sequences)[0]
+        assert _max_diff(_engine_logprobs(engines, sequences)[0], trained) > 1e-2
+        assert WeightSync(learners, engines.engines, CFG.rollout.sync_bucket_mb).sync(7) == [7]
+        assert _max_diff(_engine_logprobs(engines, sequences)[0], trained) < 1e-5
+        samples = engines.generate(sequences[0][:2], n=2, seed=1)
+        assert len(samples) == 4 and {s.weight_version for s in samples} == {7}
+    finally:
+        engines.shutdown()

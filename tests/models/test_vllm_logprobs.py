@@ -114,3 +114,29 @@ def test_a_compiled_engine_samples_with_the_weights_loaded_in_place(model_dirs):
         for d, h in zip(drawn, _hf_logprobs(load_causal_lm("tiny-qwen2").eval(), sequences))
     )
     assert worst < TOLERANCE and stale > 1e-2, (worst, stale)
+
+
+def test_the_transformers_engine_answers_greedy_and_scores_as_vllm_does():
+    """`rollout.backend: transformers` and vLLM on the same weights: the same greedy answers, and
+    logprobs (sampled and scored) equal to vLLM's float32 tolerance."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+    from tandem.actors.rollout import RolloutEngine
+    from tandem.actors.transformers_engine import TransformersEngine
+    from tandem.config import ModelConfig, RolloutConfig
+
+    model = ModelConfig(max_prompt_len=32, max_response_len=16)
+    rollout = RolloutConfig(kv_cache_mb=16, max_num_seqs=8)
+    ours = TransformersEngine(model, rollout.model_copy(update={"backend": "transformers"}))
+    theirs = RolloutEngine(model, rollout)
+    try:
+        prompts = [prompt_ids(ours.tokenizer, p) for p in rl_prompts("sort", 6)]
+        a, b = ours.generate(prompts, greedy=True), theirs.generate(prompts, greedy=True)
+        sequences = [s.prompt_ids for s in a], [s.response_ids for s in a]
+        scored = ours.score(*sequences), theirs.score(*sequences)
+    finally:
+        del theirs
+        gc.collect()
+    assert [s.response_ids for s in a] == [s.response_ids for s in b]
+    drawn = max(abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs, t.logprobs))
+    rescored = max(abs(x - y) for s, t in zip(*scored) for x, y in zip(s, t))
+    assert drawn < TOLERANCE and rescored < TOLERANCE, (drawn, rescored)

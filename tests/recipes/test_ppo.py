@@ -329,6 +329,21 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
             assert 0 < row[f"perf/{role}_learner_all_cores_s"] <= row[f"perf/{role}_learner_s"]
 
 
+def test_a_transformers_engine_samples_with_the_learners_own_numbers(ray_session, recording, tmp_path):
+    """`rollout.backend: transformers`, asynchronous: the engine's logprobs are the learner's own
+    forward (fp32, no vLLM kernels), so at staleness 1 the IS ratio is the policy's move alone, and
+    the first step (staleness 0) matches the learner to rounding."""
+    extra = ["ppo.steps=3", *LEARNING[1:], "ppo.max_staleness=1", "rollout.backend=transformers"]
+    assert ppo.run(_cfg(tmp_path, "hf", *extra))["steps"] == 3
+    (roles,) = _roles(recording, "hf")
+    assert roles.synced == [[1], [2], [3]]
+    rows = _rows(tmp_path / "hf")
+    _check_sane_async(rows)
+    assert rows[1]["rollout/logprob_mismatch"] < 1e-5 and rows[1]["offpolicy/is_ratio_max"] < 1 + 1e-4
+    for step in (2, 3):  # the batch was drawn with the weights before the last update, which moved
+        assert rows[step]["offpolicy/staleness_max"] == 1 and rows[step]["rollout/logprob_mismatch"] > 1e-3
+
+
 def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):
     for bad in (["ppo.advantage=grpo"], ["ppo.advantage=gae", "critic.world_size=2"]):
         cfg = _cfg(tmp_path, "bad", "ppo.colocate=[critic]", *bad)
