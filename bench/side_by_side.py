@@ -3,7 +3,8 @@
 model, prompts (the sort task's), reward (`_sbs_reward.partial_sort`: partial credit), batch (16 prompts x 4), lengths, lr 1e-4,
 fp32, and the KL as TRL's GRPO takes it: 0.04 x k3 in the loss (`ppo.kl_penalty: loss`; tandem's
 default, the KL in the reward, makes mid's answers shrink within 6 steps, 99 -> 40 tokens, where
-TRL's stay at 120). Each run is a subprocess of its own, one after another.
+TRL's stay at 120). Each run is a subprocess of its own, one after another. On the tiny model each
+mode runs twice: with vLLM engines (the default) and with `rollout.backend: transformers`.
 
 Steady-state completions/s: 64 / the median step interval, leaving out the first steps (warm-up).
 Where the size says so (tiny), TRL runs before and after each tandem run, and each tandem run is
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PROMPTS, SAMPLES = 16, 4
 MODES = {"sync": 0, "async (K=1)": 1}  # -> ppo.max_staleness
+TRANSFORMERS = ", transformers rollout"  # the suffix of a mode run with `rollout.backend: transformers`
 Row = tuple[str, float | str, str, str]
 
 
@@ -55,6 +57,7 @@ class Size:
     steps: int
     warmup: int  # leading steps left out of the timing
     bracket: bool  # a TRL run before and after each tandem run, each compared with its two neighbours
+    transformers: bool = False  # each mode with `rollout.backend: transformers` too
 
 
 SIZES = {
@@ -62,12 +65,22 @@ SIZES = {
     # next (TRL's tiny step measured 0.31, 0.34, then 0.40 s in back-to-back runs of the same
     # script), so tiny's TRL runs bracket each tandem run; a mid TRL run takes 3 minutes, and the
     # bench's budget allows one.
-    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2, bracket=True),
+    # Tiny's modes run with the transformers rollout backend too: at 0.66M parameters vLLM's
+    # per-sequence scheduling costs more than the forward (`tandem.actors.transformers_engine`).
+    "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2, bracket=True, transformers=True),
     "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=1, bracket=False),
 }
 
 
 # ---- pure helpers (tests/test_bench_side_by_side.py) ----
+
+
+def modes(size: Size) -> dict[str, tuple[int, str]]:
+    """The tandem runs of a size: label -> (ppo.max_staleness, rollout.backend)."""
+    runs = {mode: (k, "vllm") for mode, k in MODES.items()}
+    if size.transformers:
+        runs |= {mode + TRANSFORMERS: (k, "transformers") for mode, k in MODES.items()}
+    return runs
 
 
 def steady_step_s(step_s: list[float], warmup: int) -> float:
@@ -249,13 +262,14 @@ def try_trl(name: str, size: Size, model: Path, work: Path, extra: str, index: i
         return f"skipped: {str(err).splitlines()[0]}"
 
 
-def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int) -> list[dict]:
-    run_name = f"{name}-k{staleness}"
+def run_tandem(name: str, size: Size, model: Path, work: Path, staleness: int, backend: str) -> list[dict]:
+    run_name = f"{name}-k{staleness}-{backend}"
     cfg = {
         "run": {"name": run_name, "output_dir": str(work / "runs")},
         "model": {"path": str(model), "max_response_len": size.max_len},
         "data": {"task": "sort", "num_train": 2048},
         "wandb": {"mode": "disabled"},
+        "rollout": {"backend": backend},
         "train": {"num_generate_eval": 0},  # the held-out table after the run: not compared, and slow
         "reward": {"components": [{"kind": "function", "path": "_sbs_reward:partial_sort", "name": "sort"}]},
         "learner": {
@@ -342,7 +356,7 @@ def size_rows(
         overall, note = cpu_summary(metrics, size.warmup)
         rows.append((f"{label}: tandem {mode} CPU use", overall, "of all cores", note))
     for mode, metrics in tandem.items():
-        if MODES[mode]:
+        if modes(size)[mode][0]:
             off = steady_means(metrics, size.warmup, "offpolicy/")
             for key, unit in (("staleness_mean", "versions"), ("is_ratio_mean", "ratio")):
                 value = off.get(f"offpolicy/{key}", float("nan"))
@@ -376,8 +390,8 @@ def run() -> list[Row]:
             model, params = build_model(name, size)
             runs = [] if extra is None else [try_trl(name, size, model, work, extra, 0)]
             tandem = {}
-            for i, (mode, k) in enumerate(MODES.items(), start=1):
-                tandem[mode] = run_tandem(name, size, model, work, k)
+            for i, (mode, (k, backend)) in enumerate(modes(size).items(), start=1):
+                tandem[mode] = run_tandem(name, size, model, work, k, backend)
                 if extra is not None and size.bracket:
                     runs.append(try_trl(name, size, model, work, extra, i))
             skipped = [r for r in runs if isinstance(r, str)]

@@ -127,3 +127,13 @@ def test_partial_sort_reward_by_hand():
     prompts = ["sort: 7 3 9 1", "sort: 10 2", "sort: 5 4"]
     responses = ["1 3 7 9", "2 5", "no digits"]
     assert _sbs_reward.partial_sort(prompts, responses) == [1.0, 0.5, 0.0]
+
+
+def test_tiny_runs_each_mode_on_both_rollout_backends_and_mid_on_vllm():
+    assert sbs.modes(sbs.SIZES["tiny"]) == {
+        "sync": (0, "vllm"),
+        "async (K=1)": (1, "vllm"),
+        "sync, transformers rollout": (0, "transformers"),
+        "async (K=1), transformers rollout": (1, "transformers"),
+    }
+    assert sbs.modes(sbs.SIZES["mid"]) == {"sync": (0, "vllm"), "async (K=1)": (1, "vllm")}
