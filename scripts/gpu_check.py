@@ -16,6 +16,9 @@ built with its ops off), pydantic and PyYAML, nothing from a hub, and runs these
   weight_sync_pack    the trained policy's weights through the weight-sync bucket packing (pack,
                       unpack) on device tensors, compared bit for bit; then sent through a real
                       broadcast group (NCCL on GPU) of one member.
+  rollout_transformers  `rollout.backend: transformers` on the trained weights: seeded draws of 16
+                      prompts x 4, up to 256 tokens, decode tokens/s, and the sampled tokens'
+                      logprobs against the learner's forward (LOGPROB_TOL).
   plain_baseline      the same model, tokens and steps in plain PyTorch (bf16 autocast, fused AdamW,
                       no DeepSpeed): the yardstick for the learner's tokens/s. One learner step's
                       profile (busiest operators) goes to profile_zero0.txt beside the JSON.
@@ -95,6 +98,7 @@ CHECKS = (
     "train_bf16_zero0",
     "logprob_parity",
     "weight_sync_pack",
+    "rollout_transformers",
     "plain_baseline",
 )
 
@@ -367,6 +371,56 @@ def check_logprob_parity(learner: Any, size: Size) -> dict:
     return figures
 
 
+def check_rollout(learner: Any, size: Size, on_gpu: bool) -> dict:
+    """`rollout.backend: transformers` (the engine that needs no vLLM) on the learner's saved bf16
+    weights: seeded draws, decode tokens/s, and its sampled tokens' logprobs against the learner's
+    forward of the same sequences (the rollout/learner mismatch PPO's IS weights see)."""
+    from tandem.actors.samples import SampleBatch
+    from tandem.actors.transformers_engine import TransformersEngine
+    from tandem.config import ModelConfig, RolloutConfig
+
+    prompts_n, n, max_tokens = (16, 4, 256) if on_gpu else (2, 2, size.response_len)
+    model = {"dtype": "bfloat16", "max_prompt_len": size.prompt_len, "max_response_len": max_tokens}
+    with tempfile.TemporaryDirectory() as saved:
+        learner.save_model(saved)
+        engine = TransformersEngine(
+            ModelConfig(path=saved, **model), RolloutConfig(backend="transformers", max_num_seqs=64)
+        )
+    g = torch.Generator().manual_seed(5)
+    vocab = learner.model.config.vocab_size
+    prompts = torch.randint(16, vocab, (prompts_n, size.prompt_len), generator=g).tolist()
+    engine.generate(prompts[:1], max_tokens=4, seed=0)  # warm-up
+    _sync(engine.device)
+    started = time.perf_counter()
+    samples = engine.generate(prompts, n=n, seed=1)
+    _sync(engine.device)
+    seconds = time.perf_counter() - started
+    again = engine.generate(prompts[:1], n=n, seed=1)  # the first prompt alone: the same draws?
+    batch = SampleBatch.from_samples(samples)
+    ours = learner.logprobs(batch.rows(prompts, engine.tokenizer.pad_token_id), range(len(batch)))
+    mask = np.arange(batch.logprobs.shape[1])[None, :] < batch.lengths[:, None]
+    diffs = np.abs(ours - batch.logprobs)[mask]
+    tokens = int(batch.lengths.sum())
+    figures = {
+        "sequences": len(batch),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "mean_abs": float(diffs.mean()),
+        "max_abs": float(diffs.max()),
+        "tolerance": LOGPROB_TOL,
+        # bf16 forwards of another batch shape may round a logit differently and so flip a draw
+        "same_draws_alone": [s.response_ids for s in again] == [s.response_ids for s in samples[:n]],
+    }
+    figures["ok"] = (
+        tokens > 0
+        and figures["mean_abs"] <= LOGPROB_TOL["mean_abs"]
+        and figures["max_abs"] <= LOGPROB_TOL["max_abs"]
+    )
+    del engine
+    return figures
+
+
 def tiny_ppo_step() -> dict[str, float]:
     """One fp32 PPO step of the embedded tiny model on fixed inputs: loss, grad norm, clip fraction.
 
@@ -536,6 +590,12 @@ def print_table(results: dict) -> None:
                 f"(tol {c['tolerance']['mean_abs']}/{c['tolerance']['max_abs']}; vs fp32 mean "
                 f"{c['vs_fp32_mean_abs']:.2e})"
             )
+        elif name == "rollout_transformers":
+            line = (
+                f"{c['sequences']} x {c['tokens'] // c['sequences']} tokens, {c['tokens_per_s']:,.0f} tokens/s; "
+                f"vs learner mean |d| {c['mean_abs']:.2e}, max {c['max_abs']:.2e}; "
+                f"same draws alone {c['same_draws_alone']}"
+            )
         elif name == "ppo_gpu_vs_cpu":
             line = ", ".join(f"{k} {c['here'][k]:.6g} vs {c['cpu'][k]:.6g}" for k in c["cpu"])
         else:
@@ -590,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         if learner is not None:
             _run(results, "logprob_parity", lambda: check_logprob_parity(learner, size))
             _run(results, "weight_sync_pack", lambda: check_weight_sync(learner))
+            _run(results, "rollout_transformers", lambda: check_rollout(learner, size, on_gpu))
             _free(learner)
         _run(results, "plain_baseline", lambda: check_plain_baseline(model_dir, size, peak))
     results["ok"] = all(c["ok"] for c in results["checks"].values()) and set(results["checks"]) == set(CHECKS)

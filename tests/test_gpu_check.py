@@ -32,6 +32,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         "train_bf16_zero2",
         "logprob_parity",
         "weight_sync_pack",
+        "rollout_transformers",
         "plain_baseline",
     }
     assert all(c["ok"] for c in checks.values())
@@ -43,4 +44,6 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert checks["ppo_gpu_vs_cpu"]["rel_diff"]["loss"] < 1e-6
     assert checks["weight_sync_pack"]["mismatched"] == 0 and checks["weight_sync_pack"]["tensors"] > 0
     assert checks["plain_baseline"]["tokens_per_s"] > 0
+    rollout = checks["rollout_transformers"]
+    assert rollout["sequences"] == 4 and rollout["tokens"] > 0 and rollout["same_draws_alone"]
     assert "aten::mm" in (tmp_path / "profile_zero0.txt").read_text()  # one learner step's matmuls, profiled
