@@ -72,8 +72,8 @@ class TransformersEngine(RolloutEngine):
         limit = self.model_cfg.max_prompt_len
         rows = [(list(p)[-limit:], index) for index, p in enumerate(prompt_token_ids, start=index_offset)]
         rows = [row for row in rows for _ in range(n)]  # prompt-major
-        s = self.rollout_cfg.sampling
-        temperature = 0.0 if greedy else s.temperature if temperature is None else temperature
+        default = self.rollout_cfg.sampling.temperature
+        temperature = 0.0 if greedy else default if temperature is None else temperature
         samples: list[Sample] = []
         width = self.rollout_cfg.max_num_seqs
         for start in range(0, len(rows), width):
