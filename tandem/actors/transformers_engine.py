@@ -50,7 +50,9 @@ class TransformersEngine(RolloutEngine):
         config_eos = self.model.generation_config.eos_token_id
         eos = config_eos if isinstance(config_eos, list) else [config_eos]
         self.stop_ids = torch.tensor(
-            sorted({t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}), device=self.device
+            sorted({t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}),
+            dtype=torch.long,  # also when there is none: the model then stops at max_tokens only
+            device=self.device,
         )
         self.generator = torch.Generator(self.device).manual_seed(seed)  # for unseeded requests
         self.startup_s = time.perf_counter() - started
