@@ -34,7 +34,7 @@ class RolloutEngine:
     def __init__(
         self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, core_sharers: int = 1
     ) -> None:
-        from tandem.cluster.runtime import core_share, cuda_available, setup_env
+        from tandem.cluster.runtime import cuda_available, setup_env
 
         setup_env()  # before vLLM is imported: the in-process engine on CPU
         from vllm import LLM
@@ -48,8 +48,7 @@ class RolloutEngine:
             import torch
 
             # Before the engine starts: vLLM's CPU worker then disables torch.set_num_threads.
-            # `core_sharers` 2: the learners train while it generates (asynchronous PPO).
-            torch.set_num_threads(rollout.threads or core_share(rollout.num_engines * core_sharers))
+            torch.set_num_threads(engine_threads(rollout, core_sharers))
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": rollout.gpu_memory_utilization}
             if on_gpu
@@ -130,9 +129,12 @@ class RolloutEngine:
                 samples.append(
                     Sample(prompt, ids, logprobs, "", str(completion.finish_reason), self.version, index)
                 )
-        # Decoded in one batch here rather than by vLLM's incremental detokenizer, which holds back a
-        # trailing partial UTF-8 character: the text must be exactly what the tokens say, since
-        # reward models re-tokenize it.
+        return self._with_texts(samples)
+
+    def _with_texts(self, samples: list[Sample]) -> list[Sample]:
+        """`samples` with their responses decoded, in one batch."""
+        # Not by vLLM's incremental detokenizer, which holds back a trailing partial UTF-8
+        # character: the text must be exactly what the tokens say, since reward models re-tokenize it.
         texts = self.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
         for sample, text in zip(samples, texts):
             sample.response_text = text
@@ -206,7 +208,7 @@ class RolloutEngine:
         return self.version
 
     def _receive(self) -> dict[str, float]:
-        """Load one weight stream; its tensors, bytes and seconds (in all, and receiving)."""
+        """Load one weight stream; its tensors, bytes and seconds spent receiving."""
         stats = self.llm.collective_rpc("tandem_receive_weights")[0]  # worker 0's; the others match
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
@@ -224,6 +226,14 @@ class RolloutEngine:
             "weight_version": self.version,
             "last_sync": self.last_sync,
         }
+
+
+def engine_threads(rollout: RolloutConfig, core_sharers: int) -> int:
+    """An engine's compute threads on CPU: `rollout.threads`, else its share of the node's cores
+    (`core_sharers` 2: the learners train while it generates, in asynchronous PPO)."""
+    from tandem.cluster.runtime import core_share
+
+    return rollout.threads or core_share(rollout.num_engines * core_sharers)
 
 
 def engine_class(rollout: RolloutConfig) -> type[RolloutEngine]:

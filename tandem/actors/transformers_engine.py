@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tandem.actors.rollout import RolloutEngine
+from tandem.actors.rollout import RolloutEngine, engine_threads
 from tandem.actors.samples import Sample
 from tandem.config import ModelConfig, RolloutConfig
 from tandem.models.tokens import takes_logits_to_keep
@@ -33,7 +33,7 @@ class TransformersEngine(RolloutEngine):
     def __init__(
         self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, core_sharers: int = 1
     ) -> None:
-        from tandem.cluster.runtime import core_share, cuda_available, setup_env
+        from tandem.cluster.runtime import cuda_available, setup_env
         from tandem.models import load_causal_lm, load_tokenizer, resolve_model
 
         setup_env()
@@ -44,7 +44,7 @@ class TransformersEngine(RolloutEngine):
             self.device = torch.device("cuda")
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(rollout.threads or core_share(rollout.num_engines * core_sharers))
+            torch.set_num_threads(engine_threads(rollout, core_sharers))
         self.model = load_causal_lm(self.path, model.dtype).to(self.device).eval()
         self.tokenizer = load_tokenizer(self.path)
         config_eos = self.model.generation_config.eos_token_id
@@ -101,10 +101,7 @@ class TransformersEngine(RolloutEngine):
                         index,
                     )
                 )
-        texts = self.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-        for sample, text in zip(samples, texts):
-            sample.response_text = text
-        return samples
+        return self._with_texts(samples)
 
     @torch.inference_mode()
     def _decode(
@@ -201,10 +198,8 @@ class TransformersEngine(RolloutEngine):
         self._group = BroadcastGroup(master_addr, master_port, rank_offset, world_size, timeout_s=timeout_s)
 
     def _receive(self) -> dict[str, float]:
-        from tandem.actors.vllm_ext import Metered
-        from tandem.cluster.weight_sync import receive_stream
+        from tandem.cluster.weight_sync import Metered, receive_stream
 
-        started = time.perf_counter()
         # Tied weights appear under both names and share one tensor: either name loads it.
         params = self.model.state_dict(keep_vars=True)
         stream = Metered(receive_stream(self._group, device=self.device))
@@ -217,9 +212,4 @@ class TransformersEngine(RolloutEngine):
                     unknown.append(name)
         if unknown:
             raise RuntimeError(f"weight stream names tensors the engine's model lacks: {unknown[:5]}")
-        return {
-            "tensors": stream.count,
-            "bytes": stream.nbytes,
-            "receive_s": stream.wait_s,
-            "total_s": time.perf_counter() - started,
-        }
+        return stream.stats()

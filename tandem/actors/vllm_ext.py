@@ -10,7 +10,6 @@ those are serialised, and tensors arrive as lists). Modelled on OpenRLHF's vllm_
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -44,25 +43,19 @@ class WeightSyncExtension:
         self._tandem_group = BroadcastGroup(master_addr, master_port, rank, world_size, timeout_s=timeout_s)
 
     def tandem_receive_weights(self) -> dict[str, float]:
-        """Receive one full stream and load it in place. Returns its tensors, bytes, and seconds in
-        all and spent receiving (the rest is vLLM's loading).
+        """Receive one full stream and load it in place. Returns its tensors, bytes and seconds spent
+        receiving (`Metered.stats`; the engine times the whole load).
 
         Each tensor-parallel worker receives the full tensors; vLLM's weight loaders shard them.
         """
-        from tandem.cluster.weight_sync import receive_stream
+        from tandem.cluster.weight_sync import Metered, receive_stream
 
         group = getattr(self, "_tandem_group", None)
         if group is None:
             raise RuntimeError("tandem_receive_weights before tandem_init_weight_sync")
-        started = time.perf_counter()
         stream = Metered(receive_stream(group, device=self.device))
         load_in_place(self, stream)
-        return {
-            "tensors": stream.count,
-            "bytes": stream.nbytes,
-            "receive_s": stream.wait_s,
-            "total_s": time.perf_counter() - started,
-        }
+        return stream.stats()
 
 
 def load_in_place(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
@@ -93,23 +86,3 @@ def _refresh_tied(model: torch.nn.Module) -> None:
             method = getattr(module, "quant_method", None)
             if method is not None and hasattr(method, "process_weights_after_loading"):
                 method.process_weights_after_loading(module)
-
-
-class Metered:
-    """Counts what passes and times the waits for it (the receiving side of the loader's loop)."""
-
-    def __init__(self, it: Iterator[tuple[str, torch.Tensor]]) -> None:
-        self._it, self.count, self.nbytes, self.wait_s = it, 0, 0, 0.0
-
-    def __iter__(self) -> Metered:
-        return self
-
-    def __next__(self) -> tuple[str, torch.Tensor]:
-        started = time.perf_counter()
-        try:
-            item = next(self._it)
-        finally:
-            self.wait_s += time.perf_counter() - started
-        self.count += 1
-        self.nbytes += item[1].numel() * item[1].element_size()
-        return item

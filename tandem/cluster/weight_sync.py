@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -128,6 +129,30 @@ def receive_stream(
         if device is not None:
             flat = flat.to(device)
         yield from unpack_bucket(header, flat)
+
+
+class Metered:
+    """Counts what passes and times the waits for it (the receiving side of an engine's loading loop)."""
+
+    def __init__(self, it: Iterator[tuple[str, torch.Tensor]]) -> None:
+        self._it, self.count, self.nbytes, self.wait_s = it, 0, 0, 0.0
+
+    def __iter__(self) -> Metered:
+        return self
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        started = time.perf_counter()
+        try:
+            item = next(self._it)
+        finally:
+            self.wait_s += time.perf_counter() - started
+        self.count += 1
+        self.nbytes += item[1].numel() * item[1].element_size()
+        return item
+
+    def stats(self) -> dict[str, float]:
+        """Tensors, bytes and seconds spent waiting for them, so far."""
+        return {"tensors": self.count, "bytes": self.nbytes, "receive_s": self.wait_s}
 
 
 def _send_header(group: BroadcastGroup, header: dict[str, Any]) -> None:
