@@ -101,9 +101,10 @@ class Roles:
                 shared if "critic" in p.colocate else None,
                 value_clip_eps=p.value_clip_eps,
             )
-        self.rollout = RolloutGroup(cfg, core_sharers=sharers)
-        self.rollout.on_replace = self._engine_replaced
-        self._groups.append(self.rollout)
+        # Every role builds at once: the learners' DeepSpeed setup and the reward and reference
+        # actors' start overlap the engines' (on CPU vLLM's import and engine build keep one core
+        # busy for ~10 s, and nothing else ran beside them when these waited for it).
+        setups = [(g, g.async_call("setup")) for g in (self.policy, self.critic) if g is not None]
         # The reward and reference actors: healed in place (started again, the call issued again).
         heals = self.actor_heals = Heals("run.max_actor_restarts", cfg.run.max_actor_restarts)
         co, startup_s = {r: (shared, 0) for r in p.colocate}, cfg.run.timeouts.startup_s
@@ -114,8 +115,9 @@ class Roles:
         )
         self.reference = Restartable("reference actor", start, _asks(cfg.reference), startup_s, heals)
         self._groups += [self.reward, self.reference]
-        # Both groups set up at once; each collects its own ranks' answers.
-        setups = [(g, g.async_call("setup")) for g in (self.policy, self.critic) if g is not None]
+        self.rollout = RolloutGroup(cfg, core_sharers=sharers)  # returns once its engines are up
+        self.rollout.on_replace = self._engine_replaced
+        self._groups.append(self.rollout)
         for group, refs in setups:
             group.collect(refs, "setup")
         self.reward.ready()
