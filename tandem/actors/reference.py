@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tandem.cluster.runtime import startup_heap
 from tandem.config import Config
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 class ReferenceModel:
     """The body of the reference actor (`ray.remote(ReferenceModel)`; usable in-process too)."""
 
+    @startup_heap()
     def __init__(
         self,
         path: str,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tandem.actors.http_reward import post_rewards
+from tandem.cluster.runtime import startup_heap
 from tandem.config import Config, RewardComponent
 from tandem.errors import UserError
 
@@ -201,6 +202,7 @@ class RewardScorer:
             a RewardError.
     """
 
+    @startup_heap()
     def __init__(
         self,
         components: Sequence[RewardComponent],

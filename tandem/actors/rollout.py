@@ -11,6 +11,7 @@ Every sample records the version it was drawn with, so the driver can tell stale
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.actors.samples import Sample, SampleBatch
 from tandem.cluster.calls import Callee, get, get_one
+from tandem.cluster.runtime import startup_heap
 from tandem.config import Config, ModelConfig, RolloutConfig
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ EXTENSION = "tandem.actors.vllm_ext.WeightSyncExtension"
 class RolloutEngine:
     """The body of a rollout actor (wrapped with `ray.remote` by `RolloutGroup`; usable in-process)."""
 
+    @startup_heap()
     def __init__(
         self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, core_sharers: int = 1
     ) -> None:
@@ -58,6 +61,7 @@ class RolloutEngine:
             # Workers become Ray actors in the placement group this actor was scheduled into.
             memory["distributed_executor_backend"] = "ray"
         started = time.perf_counter()
+        gc.freeze()  # vLLM's model loader collects twice: over vLLM's own objects that took 1.5 s
         self.llm = LLM(
             model=self.path,
             dtype=model.dtype,

@@ -21,6 +21,7 @@ import torch
 
 from tandem.actors.rollout import RolloutEngine, engine_threads
 from tandem.actors.samples import Sample
+from tandem.cluster.runtime import startup_heap
 from tandem.config import ModelConfig, RolloutConfig
 from tandem.models.tokens import takes_logits_to_keep
 
@@ -30,6 +31,7 @@ _NOISE_FLOATS = 1 << 24  # sampling noise held at once (64 MiB)
 class TransformersEngine(RolloutEngine):
     """The body of a rollout actor whose model is a transformers `PreTrainedModel`."""
 
+    @startup_heap()
     def __init__(
         self, model: ModelConfig, rollout: RolloutConfig, seed: int = 0, core_sharers: int = 1
     ) -> None:

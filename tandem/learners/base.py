@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from tandem.cluster.runtime import startup_heap
 from tandem.config import LearnerConfig
 from tandem.learners.finite import FiniteGuard
 from tandem.learners.rng import rng_state, seed_everything, set_rng_state
@@ -128,6 +129,7 @@ class DeepSpeedLearner:
 
     # -- setup --------------------------------------------------------------------------------
 
+    @startup_heap()
     def setup(self) -> dict[str, Any]:
         """Join the process group, build the model and the DeepSpeed engine. Returns a summary."""
         import deepspeed

@@ -1,16 +1,19 @@
-"""How big a local Ray gets, and the job that cannot fit in it failing before Ray starts."""
+"""How big a local Ray gets, the job that cannot fit in it failing before Ray starts, and a role's
+startup heap kept out of the collector's reach."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
-from tandem.cluster.runtime import check_local_fit, local_cpus
+from tandem.cluster.runtime import check_local_fit, local_cpus, startup_heap
 from tandem.config import RayConfig
 from tandem.errors import UserError
 
@@ -51,3 +54,30 @@ def test_too_many_engines_is_an_error_before_any_process_starts():
     assert f"the job's roles need {64 * CORES + 3} logical CPUs" in out.stderr
     assert "Traceback" not in out.stderr and "Started a local Ray" not in out.stderr
     assert took < 60, took
+
+
+def test_a_startup_runs_without_collections_and_leaves_its_survivors_frozen_and_its_garbage_collected():
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    frozen, was_enabled = gc.get_freeze_count(), gc.isenabled()
+    gc.enable()
+    try:
+        with startup_heap():
+            assert not gc.isenabled()
+            kept = [Cycle() for _ in range(1000)]  # what a start builds and keeps
+            dropped = weakref.ref(Cycle())  # and its garbage (a cycle: only the collector frees it)
+            garbage = gc.get_count()[0]
+            assert dropped() is not None
+        assert gc.isenabled() and garbage > 1000  # no automatic collection ran inside
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        assert dropped() is None  # collected before the freeze, not frozen with the rest
+        gc.disable()
+        with startup_heap():
+            pass
+        assert not gc.isenabled()  # a caller's disabled collector stays so
+    finally:
+        gc.unfreeze()  # this test process's heap goes back under the collector
+        if was_enabled:
+            gc.enable()
