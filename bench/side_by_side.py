@@ -7,8 +7,9 @@ TRL's stay at 120). Each run is a subprocess of its own, one after another. On t
 mode runs twice: with vLLM engines (the default) and with `rollout.backend: transformers`.
 
 Steady-state completions/s: 64 / the median step interval, leaving out the first steps (warm-up).
-Where the size says so (tiny), TRL runs before and after each tandem run, and each tandem run is
-compared with the mean of its two neighbours: this machine's speed drifts within minutes.
+Where the size says so (tiny), TRL runs before and after each backend's pair of tandem runs (sync,
+then async), and each tandem run is compared with the mean of its pair's two neighbours: this
+machine's speed drifts within minutes.
 TRL's intervals are those between `on_step_end` callbacks (bench/_trl_grpo.py); tandem's the
 differences of the `time` field of consecutive metrics.jsonl rows. This is the measurement of the
 team's `side_by_side/run.sh`, made self-contained (model, prompts and reward built here).
@@ -56,15 +57,15 @@ class Size:
     max_len: int  # response tokens
     steps: int
     warmup: int  # leading steps left out of the timing
-    bracket: bool  # a TRL run before and after each tandem run, each compared with its two neighbours
+    bracket: bool  # a TRL run before and after each backend's pair of runs, compared with both
     transformers: bool = False  # each mode with `rollout.backend: transformers` too
 
 
 SIZES = {
     # Steps timed as run.sh times them. This VM's speed shifts by up to 30% from one minute to the
     # next (TRL's tiny step measured 0.31, 0.34, then 0.40 s in back-to-back runs of the same
-    # script), so tiny's TRL runs bracket each tandem run; a mid TRL run takes 3 minutes, and the
-    # bench's budget allows one.
+    # script), so tiny's TRL runs bracket each backend's pair of tandem runs (about a minute); a mid
+    # TRL run takes 3 minutes, and the bench's budget allows one.
     # Tiny's modes run with the transformers rollout backend too: at 0.66M parameters vLLM's
     # per-sequence scheduling costs more than the forward (`tandem.actors.transformers_engine`).
     "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2, bracket=True, transformers=True),
@@ -81,6 +82,14 @@ def modes(size: Size) -> dict[str, tuple[int, str]]:
     if size.transformers:
         runs |= {mode + TRANSFORMERS: (k, "transformers") for mode, k in MODES.items()}
     return runs
+
+
+def mode_groups(size: Size) -> list[list[str]]:
+    """The labels of `modes(size)` by backend, in run order: the runs one TRL bracket spans."""
+    groups: dict[str, list[str]] = {}
+    for mode, (_, backend) in modes(size).items():
+        groups.setdefault(backend, []).append(mode)
+    return list(groups.values())
 
 
 def steady_step_s(step_s: list[float], warmup: int) -> float:
@@ -135,19 +144,21 @@ def ratio_rows(
     ]
 
 
-def trl_per_mode(runs: list[tuple[float, float]], modes: list[str]) -> dict[str, tuple[float, float]]:
+def trl_per_mode(runs: list[tuple[float, float]], groups: list[list[str]]) -> dict[str, tuple[float, float]]:
     """The TRL (step s, length) each tandem mode is compared with: the one run, or (runs bracketing
-    the modes, run i before mode i and run i + 1 after it) the mean of its two neighbours."""
+    the groups of modes, run i before group i and run i + 1 after it) the mean of its group's two
+    neighbours."""
     if len(runs) == 1:
-        return dict.fromkeys(modes, runs[0])
-    if len(runs) != len(modes) + 1:
-        raise ValueError(f"{len(runs)} TRL runs cannot bracket {len(modes)} tandem runs")
+        return {mode: runs[0] for group in groups for mode in group}
+    if len(runs) != len(groups) + 1:
+        raise ValueError(f"{len(runs)} TRL runs cannot bracket {len(groups)} groups of tandem runs")
     return {
         mode: (
             statistics.fmean(s for s, _ in runs[i : i + 2]),
             statistics.fmean(n for _, n in runs[i : i + 2]),
         )
-        for i, mode in enumerate(modes)
+        for i, group in enumerate(groups)
+        for mode in group
     }
 
 
@@ -323,9 +334,9 @@ def size_rows(
             (steady_step_s(r["step_s"], size.warmup), statistics.fmean(r["completion_length"][size.warmup :]))
             for r in trl
         ]
-        trl_runs = trl_per_mode(each, list(tandem))
+        trl_runs = trl_per_mode(each, mode_groups(size))
         trl_s, length = statistics.fmean(s for s, _ in each), statistics.fmean(n for _, n in each)
-        runs = f"; runs {', '.join(f'{s:.3f}' for s, _ in each)} s, one before and after each tandem run"
+        runs = f"; runs {', '.join(f'{s:.3f}' for s, _ in each)} s, bracketing each backend's tandem runs"
         rows.append(
             (
                 f"{label}: TRL GRPOTrainer",
@@ -389,9 +400,10 @@ def run() -> list[Row]:
             size = SIZES[name]
             model, params = build_model(name, size)
             runs = [] if extra is None else [try_trl(name, size, model, work, extra, 0)]
-            tandem = {}
-            for i, (mode, (k, backend)) in enumerate(modes(size).items(), start=1):
-                tandem[mode] = run_tandem(name, size, model, work, k, backend)
+            tandem, kinds = {}, modes(size)
+            for i, group in enumerate(mode_groups(size), start=1):
+                for mode in group:
+                    tandem[mode] = run_tandem(name, size, model, work, *kinds[mode])
                 if extra is not None and size.bracket:
                     runs.append(try_trl(name, size, model, work, extra, i))
             skipped = [r for r in runs if isinstance(r, str)]

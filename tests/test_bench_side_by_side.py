@@ -59,15 +59,18 @@ def test_ratio_rows():
     assert sbs.ratio_rows("tiny", {}, {"sync": (0.6, 20.0)}) == []
 
 
-def test_trl_runs_bracketing_the_modes_give_each_the_mean_of_its_neighbours():
+def test_trl_runs_bracketing_groups_of_modes_give_each_the_mean_of_its_groups_neighbours():
     runs = [(0.3, 10.0), (0.5, 20.0), (0.4, 30.0)]
-    assert sbs.trl_per_mode(runs, ["sync", "async"]) == {
+    groups = [["sync", "async"], ["sync, hf", "async, hf"]]
+    assert sbs.trl_per_mode(runs, groups) == {
         "sync": pytest.approx((0.4, 15.0)),
-        "async": pytest.approx((0.45, 25.0)),
+        "async": pytest.approx((0.4, 15.0)),
+        "sync, hf": pytest.approx((0.45, 25.0)),
+        "async, hf": pytest.approx((0.45, 25.0)),
     }
-    assert sbs.trl_per_mode(runs[:1], ["sync", "async"]) == {"sync": (0.3, 10.0), "async": (0.3, 10.0)}
+    assert sbs.trl_per_mode(runs[:1], [["sync", "async"]]) == {"sync": (0.3, 10.0), "async": (0.3, 10.0)}
     with pytest.raises(ValueError, match="bracket"):
-        sbs.trl_per_mode(runs[:2], ["sync", "async"])
+        sbs.trl_per_mode(runs[:2], groups)
 
 
 def test_size_rows_without_trl_still_reports_tandem():
@@ -85,20 +88,24 @@ def test_size_rows_without_trl_still_reports_tandem():
     assert not any("/ TRL" in m for m in by_name)
 
 
-def test_each_tandem_run_is_compared_with_the_trl_runs_around_it():
-    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1, bracket=True)
+def test_each_backends_tandem_runs_are_compared_with_the_trl_runs_around_them():
+    size = sbs.Size(8, 16, 1, 1, 1, max_len=4, steps=3, warmup=1, bracket=True, transformers=True)
     # Steady steps (after 1 warm-up step): TRL 0.3 s, then 0.5 s, then 0.4 s a step.
     trl = [
         {"step_s": [9.0, s, s], "completion_length": [1.0, 10.0, 10.0], "trl": "x"} for s in (0.3, 0.5, 0.4)
     ]
-    sync = [{"time": 0.0}, {"time": 0.2}, {"time": 0.4}]  # 0.2 s a step, between TRL's 0.3 and 0.5
-    fast = [{"time": 0.0}, {"time": 0.1}, {"time": 0.2}]  # 0.1 s a step, between 0.5 and 0.4
-    rows = sbs.size_rows("t", size, 1000, trl, {"sync": sync, "async (K=1)": fast})
+    sync = [{"time": 0.0}, {"time": 0.2}, {"time": 0.4}]  # 0.2 s a step
+    fast = [{"time": 0.0}, {"time": 0.1}, {"time": 0.2}]  # 0.1 s a step
+    tandem = {"sync": sync, "async (K=1)": fast}  # vLLM's pair, between TRL's 0.3 and 0.5
+    tandem |= {f"{m}, transformers rollout": rows for m, rows in tandem.items()}  # between 0.5 and 0.4
+    rows = sbs.size_rows("t", size, 1000, trl, tandem)
     by_name = {m: (v, n) for m, v, _, n in rows}
     assert by_name["t: TRL GRPOTrainer"][0] == pytest.approx(64 / 0.4)  # over all three runs
     assert "runs 0.300, 0.500, 0.400 s" in by_name["t: TRL GRPOTrainer"][1]
     assert by_name["t: tandem sync / TRL"][0] == pytest.approx(0.4 / 0.2)
-    assert by_name["t: tandem async (K=1) / TRL"][0] == pytest.approx(0.45 / 0.1)
+    assert by_name["t: tandem async (K=1) / TRL"][0] == pytest.approx(0.4 / 0.1)
+    assert by_name["t: tandem sync, transformers rollout / TRL"][0] == pytest.approx(0.45 / 0.2)
+    assert by_name["t: tandem async (K=1), transformers rollout / TRL"][0] == pytest.approx(0.45 / 0.1)
 
 
 def test_count_params(tmp_path):
@@ -137,3 +144,9 @@ def test_tiny_runs_each_mode_on_both_rollout_backends_and_mid_on_vllm():
         "async (K=1), transformers rollout": (1, "transformers"),
     }
     assert sbs.modes(sbs.SIZES["mid"]) == {"sync": (0, "vllm"), "async (K=1)": (1, "vllm")}
+    # Tiny's TRL runs bracket each backend's pair: before, between and after.
+    assert sbs.mode_groups(sbs.SIZES["tiny"]) == [
+        ["sync", "async (K=1)"],
+        ["sync, transformers rollout", "async (K=1), transformers rollout"],
+    ]
+    assert sbs.mode_groups(sbs.SIZES["mid"]) == [["sync", "async (K=1)"]]

@@ -43,7 +43,7 @@ def stop_processes_under(temp_dir: str) -> None:
     procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
     for p in procs:
         p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=3)  # its idle workers outlast SIGTERM: do not wait on them
     for p in alive:
         p.kill()
 
