@@ -68,7 +68,6 @@ class Roles:
         self.tokenizer = load_tokenizer(path)
         self.task_reward = _task_reward(cfg)
         self.rng = random.Random(cfg.run.seed)
-        # Learners start first: their DeepSpeed setup is the slowest, and overlaps the engines' start.
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._placement = colocated_placement(cfg)
         # Asynchronous: the engines generate beside the learners, on half the cores; the learners take
@@ -101,9 +100,9 @@ class Roles:
                 shared if "critic" in p.colocate else None,
                 value_clip_eps=p.value_clip_eps,
             )
-        # Every role builds at once: the learners' DeepSpeed setup and the reward and reference
-        # actors' start overlap the engines' (on CPU vLLM's import and engine build keep one core
-        # busy for ~10 s, and nothing else ran beside them when these waited for it).
+        # Every role builds at once: the learners (made first) set up DeepSpeed and the reward and
+        # reference actors start while the engines do (on CPU vLLM's import and engine build keep
+        # one core busy for ~10 s, and nothing else ran beside them when these waited for it).
         setups = [(g, g.async_call("setup")) for g in (self.policy, self.critic) if g is not None]
         # The reward and reference actors: healed in place (started again, the call issued again).
         heals = self.actor_heals = Heals("run.max_actor_restarts", cfg.run.max_actor_restarts)
