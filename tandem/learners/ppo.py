@@ -35,6 +35,8 @@ class _RolloutLearner(DeepSpeedLearner):
     def __init__(self, *args, max_nonfinite_steps: int = 3, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.max_nonfinite_steps = max_nonfinite_steps
+        self._early: tuple[list[int], list[Any]] | None = None  # see `prepare_rollout`
+        self._pending: list[Any] | None = None  # its forwards, for the micro-batch training next
 
     def collate(self, rows: Rows) -> Rows:
         return rows
@@ -52,6 +54,7 @@ class _RolloutLearner(DeepSpeedLearner):
         from tandem.cluster.calls import when_done
 
         started = time.perf_counter()
+        early = self.take_early(index)
         done = when_done(beside) if beside and not self.cfg.threads else None
         with self.handoff.beside(done) as seconds:
             metrics = self.train_batch(tokens.merge(train).select(index))
@@ -59,12 +62,34 @@ class _RolloutLearner(DeepSpeedLearner):
         return metrics | {
             "perf/learner_s": time.perf_counter() - started,
             "perf/learner_all_cores_s": seconds["all_cores_s"],
+            "perf/early_forwards": float(early),
         }
+
+    def prepare_rollout(self, tokens: Rows, index: Sequence[int]) -> None:
+        """The forward of the first micro-batch of the next `train_rollout` on rows `index`, made while
+        the batch is still scored (synchronous PPO, one optimizer step per batch: the learners would
+        wait through the reference's pass). Its graph is kept for that call's loss; the same forward
+        of the same weights, so the step is unchanged. Runs on Ray's thread count, beside the scorers."""
+        self.engine.train()
+        index = [int(i) for i in index]
+        rows = tokens.select(index[: self.cfg.micro_batch_size])
+        self._early = index, [self.train_forward(rows.select(group)) for group in self._groups(rows)]
+
+    def take_early(self, index: Sequence[int]) -> bool:
+        """Whether `prepare_rollout` made the first micro-batch's forward of a step on rows `index`;
+        if so `compute_loss` reads it next. A forward made for other rows is dropped."""
+        early, self._early = self._early, None
+        self._pending = early[1] if early is not None and early[0] == [int(i) for i in index] else None
+        return self._pending is not None
 
     def compute_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
         """The micro-batch's token-mean loss, one forward per group of like length
         (`Rows.length_groups`) and one backward for all (DeepSpeed counts micro-batches)."""
-        parts = [self.group_loss(rows.select(group)) for group in self._groups(rows)]
+        groups = self._groups(rows)
+        forwards, self._pending = self._pending, None  # the first micro-batch's, when prepared
+        if forwards is None:
+            forwards = [self.train_forward(rows.select(group)) for group in groups]
+        parts = [self.group_loss(rows.select(g), out) for g, out in zip(groups, forwards, strict=True)]
         units = sum(u for _, u, _ in parts)
         total = max(units, 1)
         metrics: dict[str, float] = defaultdict(float)
@@ -72,8 +97,13 @@ class _RolloutLearner(DeepSpeedLearner):
             accumulate(metrics, m, u / total)
         return sum(loss * (u / total) for loss, u, _ in parts), units, dict(metrics)
 
-    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
-        """`compute_loss` of rows of like length: (token-mean loss, tokens, metrics as means)."""
+    def train_forward(self, rows: Rows) -> Any:
+        """The training forward of rows of like length: what `group_loss` reads (kept for its backward)."""
+        raise NotImplementedError
+
+    def group_loss(self, rows: Rows, out: Any) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """`compute_loss` of rows of like length, given their `train_forward`: (token-mean loss, tokens,
+        metrics as means)."""
         raise NotImplementedError
 
     def _groups(self, rows: Rows) -> list[np.ndarray]:
@@ -147,10 +177,14 @@ class PolicyLearner(_RolloutLearner):
         pi_old, when it is not the training forward itself (see `group_loss`)."""
         return self._score(rows.select(index), lambda b: token_logprobs(self.engine, b))
 
-    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def train_forward(self, rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logprobs, entropies, target mask), (B, T') each; the entropy is a metric unless it is a
+        bonus in the loss."""
         logits, labels, mask = response_logits(self.engine, rows.tokens(self.device))  # (B, T', V)
-        # (B, T') each; the entropy is a metric unless it is a bonus in the loss.
-        logprobs, entropies = logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef))
+        return *logprobs_and_entropy(logits, labels, entropy_grad=bool(self.entropy_coef)), mask
+
+    def group_loss(self, rows: Rows, out: Any) -> tuple[torch.Tensor, int, dict[str, float]]:
+        logprobs, entropies, mask = out
         # pi_old: given when the weights moved since the batch was scored (a later minibatch or
         # epoch); otherwise it is this very forward, detached (the ratio's value is 1, its gradient not).
         old = rows.at_targets("old_logprobs", mask) if "old_logprobs" in rows else logprobs.detach()
@@ -198,10 +232,13 @@ class CriticLearner(_RolloutLearner):
             rows.select(index), lambda b: (self._forward(b)[:, :-1, 0], next_token_targets(b)[1])
         )
 
-    def group_loss(self, rows: Rows) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def train_forward(self, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, target mask), (B, T-1) each."""
         tokens = rows.tokens(self.device)
-        _, mask = next_token_targets(tokens)
-        values = self._forward(tokens)[:, :-1, 0].float()  # (B, T-1)
+        return self._forward(tokens)[:, :-1, 0].float(), next_token_targets(tokens)[1]
+
+    def group_loss(self, rows: Rows, out: Any) -> tuple[torch.Tensor, int, dict[str, float]]:
+        values, mask = out
         old = rows.at_targets("values", mask)
         returns = rows.at_targets("returns", mask)
         loss, metrics = value_loss(values, old, returns, mask, self.value_clip_eps)

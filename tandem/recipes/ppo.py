@@ -1,10 +1,11 @@
 """`tandem ppo CONFIG` (alias `tandem train`): PPO (or GRPO, RLOO, REINFORCE++) against a reward, with
 a KL penalty to the frozen reference, as a single-controller loop over Ray actors.
 
-One step: generate (vLLM engines) -> score (reward actor, reference actor, policy's pi_old, critic
-values, all at once) -> shape rewards and advantages -> critic update -> policy update -> weight sync
--> log -> checkpoint. Roles are built by `tandem.recipes.ppo_roles`. A role that dies, fails or misses
-a deadline restarts every role from the newest checkpoint (`tandem.recipes.restarts`).
+One step: generate (vLLM engines) -> score (reward actor, reference actor, the policy's pi_old pass
+or, synchronous, its first training forward, critic values, all at once) -> shape rewards and
+advantages -> critic update -> policy update -> weight sync -> log -> checkpoint. Roles are built by
+`tandem.recipes.ppo_roles`. A role that dies, fails or misses a deadline restarts every role from the
+newest checkpoint (`tandem.recipes.restarts`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from torch import Tensor
 from tandem.algos import explained_variance, get_adv_est, get_kl_estimator, masked_mean, shape_rewards
 
 if TYPE_CHECKING:
+    import random
+
     from tandem.actors.rollout_request import RolloutRequest
     from tandem.actors.samples import SampleBatch
 
@@ -62,6 +64,7 @@ class RolloutBatch:
     # Filled by the scoring stages:
     rows: Any = None  # object-store ref of the batch's `Rows` (tokens, mask, behaviour logprobs)
     scoring: Any = None  # reward and reference calls made on the engines' answers as they were drawn
+    minibatches: dict[str, list[list[int]]] = field(default_factory=dict)  # role -> rows of each step
     scores: Tensor | None = None  # (B,) summed reward
     reward_components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
     old_logprobs: Tensor | None = None  # (B, R) pi_old from the learner, when a pass of its own
@@ -257,3 +260,14 @@ class Generation:
             weight_versions=np.array(d["weight_versions"], np.int64),
         )
         return cls(state["step"], state["prompt_ids"], state["prompts"], drawn=drawn)
+
+
+def minibatches(rng: random.Random, n: int, epochs: int, per_epoch: int) -> list[list[int]]:
+    """The rows of each optimizer step on a batch of `n`: `epochs` passes in a fresh shuffled order
+    (`rng`), each cut into `per_epoch` minibatches."""
+    size, out = n // per_epoch, []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        out += [order[start : start + size] for start in range(0, n, size)]
+    return out

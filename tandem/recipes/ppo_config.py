@@ -68,6 +68,7 @@ def learner_deadlines(t: TimeoutsConfig) -> dict[str, float]:
         "setup": t.startup_s,
         "logprobs": t.score_s,
         "values": t.score_s,
+        "prepare_rollout": t.score_s,
         "train_rollout": t.train_s,
         "save": t.checkpoint_s,
         "load": t.checkpoint_s,

@@ -22,7 +22,7 @@ from tandem.cluster.sharding import shard
 from tandem.config import Config, LearnerConfig
 from tandem.models.rows import concat_rows
 from tandem.recipes import run_dir
-from tandem.recipes.ppo_batch import Generation, RolloutBatch, widen
+from tandem.recipes.ppo_batch import Generation, RolloutBatch, minibatches, widen
 from tandem.recipes.ppo_config import colocated_placement, learner_deadlines, needs_critic
 from tandem.recipes.run_dir import Checkpoints, Run
 
@@ -60,13 +60,14 @@ class Roles:
         from tandem.actors.reward import make_reward_actor
         from tandem.actors.rollout import RolloutGroup
         from tandem.cluster.healing import Heals, Restartable
+        from tandem.data import task_reward
         from tandem.learners.ppo import CriticLearner, PolicyLearner
         from tandem.models import load_tokenizer, resolve_model
 
         cfg, p = self.cfg, self.cfg.ppo
         path = resolve_model(cfg.model.path)
         self.tokenizer = load_tokenizer(path)
-        self.task_reward = _task_reward(cfg)
+        self.task_reward = task_reward(cfg.data.task) if cfg.data.task else None
         self.rng = random.Random(cfg.run.seed)
         total_steps = p.steps * p.ppo_epochs * p.num_minibatches
         shared = self._placement = colocated_placement(cfg)
@@ -130,13 +131,14 @@ class Roles:
 
     def _scorers(self) -> int:
         """The reference's share of the cores while it scores. Synchronous: every role computing then
-        (the reference, a reward model, the learners' pi_old or value pass) splits them. Async: it
-        scores once a batch is drawn, on the engines' half, beside the learners' update."""
+        splits them (the reference, a reward model, the policy's pi_old pass or first training
+        forward, the critic's value pass). Async: it scores once a batch is drawn, on the engines'
+        half, beside the learners' update."""
         cfg = self.cfg
         models = sum(c.kind == "model" for c in cfg.reward.components)
         if cfg.ppo.max_staleness:
             return 2 * (1 + models)
-        return 1 + models + self.needs_old_logprobs() + needs_critic(cfg)
+        return 2 + models + needs_critic(cfg)
 
     def _weight_sync(self, engines: list | None = None, nodes: list | None = None) -> Any:
         """The broadcast group from the policy to `engines` (default: every engine in service)."""
@@ -245,14 +247,25 @@ class Roles:
             behaviour_logprobs=batch.rollout_logprobs,
         )
         batch.rows = ray.put(rows)
+        p = self.cfg.ppo
+        # Drawn now (the critic's first: it trains first), so the policy's first training forward can
+        # be made while the batch is scored.
+        batch.minibatches = {
+            r: minibatches(self.rng, len(batch), p.ppo_epochs, p.num_minibatches)
+            for r in ("critic", "policy")
+            if r in self.learner_groups()
+        }
         if batch.scoring is not None:
             reward_call, ref_call = batch.scoring
         else:  # restored from a checkpoint, or an engine's share was drawn again
             reward_call = self.reward.submit("score", batch.prompts, batch.responses)
             ref_call = self.reference.submit("logprobs", batch.rows)
-        policy_refs = critic_refs = None
+        policy_refs = critic_refs = prepared = None
         if self.needs_old_logprobs():
             policy_refs = self.policy.async_call_per_rank("logprobs", _shards(self.policy, batch))
+        elif not p.max_staleness:  # synchronous: the policy would wait for the scores (`prepare_rollout`)
+            first = shard(batch.minibatches["policy"][0], self.policy.world_size)
+            prepared = self.policy.async_call_per_rank("prepare_rollout", [(batch.rows, i) for i in first])
         if self.critic is not None:
             critic_refs = self.critic.async_call_per_rank("values", _shards(self.critic, batch))
         deadline = self.cfg.run.timeouts.score_s
@@ -262,6 +275,8 @@ class Roles:
         batch.ref_logprobs = widen(self.reference.result(ref_call, deadline), width)
         if policy_refs is not None:
             batch.old_logprobs = widen(concat_rows(self.policy.collect(policy_refs, "logprobs")), width)
+        elif prepared is not None:
+            self.policy.collect(prepared, "prepare_rollout")
         if critic_refs is not None:
             batch.values = widen(concat_rows(self.critic.collect(critic_refs, "values")), width)
         if self.task_reward is None:
@@ -270,9 +285,9 @@ class Roles:
 
     def update(self, role: str, batch: RolloutBatch, beside: Sequence[Any] = ()) -> dict[str, float]:
         """ppo_epochs passes over the batch in num_minibatches shuffled minibatches (one optimizer
-        step each) on the role's learner group; metrics averaged over the steps. The per-token arrays
-        to train on go to the object store once; each rank is sent its rows' indices. `beside`: see
-        `PolicyLearner.train_rollout`."""
+        step each, drawn when the batch was scored) on the role's learner group; metrics averaged over
+        the steps. The per-token arrays to train on go to the object store once; each rank is sent its
+        rows' indices. `beside`: see `PolicyLearner.train_rollout`."""
         import ray
 
         from tandem.models.rows import Rows
@@ -283,26 +298,25 @@ class Roles:
         if role == "policy" and p.kl_penalty == "loss":
             keys.append("ref_logprobs")
         train = ray.put(Rows(**{k: getattr(batch, k).numpy() for k in keys}))
-        size = len(batch) // p.num_minibatches
         sums: dict[str, float] = {}
         maxima: dict[str, float] = {}
-        for _ in range(p.ppo_epochs):
-            order = list(range(len(batch)))
-            self.rng.shuffle(order)
-            for start in range(0, len(order), size):
-                parts = shard(order[start : start + size], group.world_size)
-                per_rank = group.call_per_rank(
-                    "train_rollout", [(batch.rows, train, part, beside) for part in parts]
-                )
-                metrics = per_rank[0]  # global metrics: the same on every rank
-                for k, v in metrics.items():
-                    if k.endswith("_max"):
-                        maxima[k] = max(maxima.get(k, v), v)
-                    else:
-                        sums[k] = sums.get(k, 0.0) + v
+        for rows in batch.minibatches[role]:
+            parts = shard(rows, group.world_size)
+            per_rank = group.call_per_rank(
+                "train_rollout", [(batch.rows, train, part, beside) for part in parts]
+            )
+            metrics = per_rank[0]  # global metrics: the same on every rank
+            for k, v in metrics.items():
+                if k.endswith("_max"):
+                    maxima[k] = max(maxima.get(k, v), v)
+                else:
+                    sums[k] = sums.get(k, 0.0) + v
         prefix = "actor" if role == "policy" else "critic"
         steps = p.ppo_epochs * p.num_minibatches
-        totals = {f"perf/{prefix}_{k}": sums.pop(f"perf/{k}") for k in ("learner_s", "learner_all_cores_s")}
+        totals = {
+            f"perf/{prefix}_{k}": sums.pop(f"perf/{k}")
+            for k in ("learner_s", "learner_all_cores_s", "early_forwards")
+        }
         out = {k: v / steps for k, v in sums.items()} | maxima | totals
         return {(k if "/" in k else f"{prefix}/{k}"): v for k, v in out.items()}
 
@@ -381,9 +395,3 @@ def _shards(group: ActorGroup, batch: RolloutBatch) -> list[tuple]:
 
 def _asks(section: Any) -> dict[str, float]:
     return {"CPU": section.cpus, "GPU": section.gpus}
-
-
-def _task_reward(cfg: Config):
-    from tandem.data import task_reward
-
-    return task_reward(cfg.data.task) if cfg.data.task else None

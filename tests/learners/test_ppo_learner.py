@@ -140,3 +140,31 @@ def test_a_kl_in_the_loss_adds_its_estimate_for_the_trained_policy_with_its_grad
     (0.1 * 0.2 / 5 * total).backward()
     for g, b, p in zip(grads, base_grads, model.parameters(), strict=True):
         torch.testing.assert_close(g - b, p.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_the_first_forward_made_while_the_batch_is_scored_is_the_one_the_loss_reads():
+    def loss_and_grads(learner: PolicyLearner, rows: Rows) -> tuple[float, dict, list[torch.Tensor]]:
+        loss, _, metrics = learner.compute_loss(rows)
+        loss.backward()
+        return loss.item(), metrics, [p.grad.clone() for p in learner.model.parameters()]
+
+    learner = _learner(kl_loss_coef=0.1)
+    old, _ = _old_logprobs_and_entropy(learner.model)
+    rows = _rows({"behaviour_logprobs": old, "ref_logprobs": [[lp - 0.2 for lp in row] for row in old]})
+    index = [1, 0]  # a shuffled minibatch: the forward is of these rows, in this order
+    expected = loss_and_grads(learner, rows.select(index))
+
+    learner = _learner(kl_loss_coef=0.1)
+    learner.prepare_rollout(rows, index)  # before the advantages and reference logprobs exist
+    assert not learner.take_early([0, 1])  # made for other rows: dropped, not read
+    assert learner._early is None
+    learner.prepare_rollout(rows, index)
+    assert learner.take_early(index)
+    forward = learner.train_forward
+    learner.train_forward = None  # the loss must not make a forward of its own
+    loss, metrics, grads = loss_and_grads(learner, rows.select(index))
+    assert (loss, metrics) == expected[:2]
+    for g, e in zip(grads, expected[2], strict=True):
+        assert g.equal(e)
+    learner.train_forward = forward  # the next micro-batch makes its own
+    assert learner.compute_loss(rows.select(index))[0].item() == loss

@@ -176,6 +176,10 @@ def test_one_engine_one_rank(learn, recording):
     assert sorted(rows) == list(range(1, LEARN_STEPS + 1))
     _check_sane(rows)
     assert not any(k.startswith("critic/") for k in rows[1])
+    # Two epochs: the policy's pass while the batch is scored is pi_old's, not the first training forward.
+    assert all(
+        row["perf/actor_early_forwards"] == 0 and "rollout/logprob_mismatch" in row for row in rows.values()
+    )
 
 
 def test_stop_and_resume_equals_straight_run(learn, recording):
@@ -227,6 +231,7 @@ def test_async_samples_are_one_version_behind_and_corrected(learn, learn_async, 
         assert rows[step]["offpolicy/staleness_mean"] == rows[step]["offpolicy/staleness_max"] == 1, step
         assert rows[step]["offpolicy/is_ratio_max"] != pytest.approx(1.0, abs=1e-4), step
     assert all(r["offpolicy/staleness_max"] == 0 for r in sync.values())
+    assert all(r["perf/actor_early_forwards"] == 0 for r in rows.values())  # scored before it trains
     # Each update but the last is told of the next batch's draw and scoring (reward, reference), which
     # compute beside it; with `learner.threads` set, as here, its learners keep their threads.
     (roles,) = [r for r in _roles(recording, "straight") if r.cfg.ppo.max_staleness]
@@ -273,9 +278,11 @@ def _check_sane(rows: dict[int, dict]) -> None:
     for step, row in rows.items():
         bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
         assert not bad, (step, bad)
-        # Learner and engine hold the same weights (fp32): a missed or partial load shows here.
-        assert row["rollout/logprob_mismatch"] < 1e-4 and row["rollout/logprob_mismatch_max"] < 1e-3, step
+        # Learner and engine hold the same weights (fp32): a missed or partial load shows here, in
+        # the training forward and in the pi_old pass when there is one.
         assert row["offpolicy/logprob_mismatch"] < 1e-4, step
+        if "rollout/logprob_mismatch" in row:
+            assert row["rollout/logprob_mismatch"] < 1e-4 and row["rollout/logprob_mismatch_max"] < 1e-3, step
         assert 0 < row["rollout/response_length/mean"] <= 16
         assert 0 <= row["reward/mean"] <= 1 and row["reward/short"] == row["reward/mean"]
         assert {"actor/pg_loss", "actor/entropy", "kl/mean", "timing/weight_sync"} <= set(row)
@@ -299,6 +306,7 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
         "ppo.colocate=[critic,reference,reward]",
         "ppo.kl_penalty=loss",  # the reference logprobs go to the ZeRO-3 ranks too
         "ppo.kl_estimator=k3",
+        "ppo.num_minibatches=1",  # one optimizer step a batch: the policy's first forward made early
     )
     summary = ppo.run(cfg)
     assert summary["steps"] == 2 and "final_model" in summary
@@ -322,7 +330,11 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
             "critic/grad_norm",
         } <= set(row)
     assert rows[1]["critic/values_mean"] != rows[2]["critic/values_mean"]  # the critic trained
-    # k3 >= 0, and it is 0 only while the policy is the reference (step 1's first minibatch).
+    # Under ZeRO-3 too (a collective forward), the ranks made their first forward while scoring.
+    assert all(
+        r["perf/actor_early_forwards"] == 1 and r["perf/critic_early_forwards"] == 0 for r in rows.values()
+    )
+    # k3 >= 0, and it is 0 only while the policy is the reference (step 1).
     assert 0 <= rows[1]["actor/kl_loss"] < rows[2]["actor/kl_loss"]
     for row in rows.values():
         for role in ("actor", "critic"):

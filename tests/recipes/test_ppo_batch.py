@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from tandem.actors.samples import SampleBatch
 from tandem.cluster.sharding import shard
-from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, pad_right, rollout_metrics
+from tandem.recipes.ppo_batch import RolloutBatch, compute_advantages, minibatches, pad_right, rollout_metrics
 
 
 def sample(prompt_index, response_ids, logprobs, finish="stop", version=3):
@@ -137,3 +138,12 @@ def test_sample_batches_concat_and_a_generation_round_trips_through_json():
     assert back.step == 5 and x.prompts == y.prompts and x.responses == y.responses
     assert x.rollout_logprobs.equal(y.rollout_logprobs) and x.response_ids.equal(y.response_ids)
     assert x.weight_versions == y.weight_versions and x.truncated.equal(y.truncated)
+
+
+def test_minibatches_are_each_epochs_shuffled_rows_cut_in_order():
+    rng, plan = random.Random(7), minibatches(random.Random(7), 6, epochs=2, per_epoch=3)
+    for epoch in range(2):
+        order = list(range(6))
+        rng.shuffle(order)  # one shuffle per epoch, from the driver's RNG, in this order
+        assert plan[3 * epoch : 3 * epoch + 3] == [order[0:2], order[2:4], order[4:6]]
+    assert len(plan) == 6 and sorted(plan[3] + plan[4] + plan[5]) == list(range(6))  # every row once an epoch
