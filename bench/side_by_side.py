@@ -62,14 +62,15 @@ class Size:
 
 
 SIZES = {
-    # Steps timed as run.sh times them. This VM's speed shifts by up to 30% from one minute to the
-    # next (TRL's tiny step measured 0.31, 0.34, then 0.40 s in back-to-back runs of the same
-    # script), so tiny's TRL runs bracket each backend's pair of tandem runs (about a minute); a mid
-    # TRL run takes 3 minutes, and the bench's budget allows one.
+    # Tiny's steps are timed as run.sh times them. This VM's speed shifts by up to 30% from one
+    # minute to the next (TRL's tiny step measured 0.31, 0.34, then 0.40 s in back-to-back runs of
+    # the same script), so tiny's TRL runs bracket each backend's pair of tandem runs (about a minute); a mid
+    # TRL run takes 2-3 minutes, and the bench's budget allows one. Mid times steps 2-5, one step
+    # fewer than run.sh (2-6): its steps take 14-29 s here, and with 6 the bench took 637 s.
     # Tiny's modes run with the transformers rollout backend too: at 0.66M parameters vLLM's
     # per-sequence scheduling costs more than the forward (`tandem.actors.transformers_engine`).
     "tiny": Size(128, 256, 4, 4, 2, max_len=24, steps=12, warmup=2, bracket=True, transformers=True),
-    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=6, warmup=1, bracket=False),
+    "mid": Size(512, 1408, 8, 8, 2, max_len=128, steps=5, warmup=1, bracket=False),
 }
 
 
