@@ -69,11 +69,17 @@ class _RolloutLearner(DeepSpeedLearner):
         """The forward of the first micro-batch of the next `train_rollout` on rows `index`, made while
         the batch is still scored (synchronous PPO, one optimizer step per batch: the learners would
         wait through the reference's pass). Its graph is kept for that call's loss; the same forward
-        of the same weights, so the step is unchanged. Runs on Ray's thread count, beside the scorers."""
+        of the same weights, so the step is unchanged. Runs beside the scorers on Ray's thread count,
+        or on `learner.threads` when set (the training's count: the sums then round alike too)."""
         self.engine.train()
         index = [int(i) for i in index]
         rows = tokens.select(index[: self.cfg.micro_batch_size])
-        self._early = index, [self.train_forward(rows.select(group)) for group in self._groups(rows)]
+        shared = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads or shared)
+        try:
+            self._early = index, [self.train_forward(rows.select(group)) for group in self._groups(rows)]
+        finally:
+            torch.set_num_threads(shared)
 
     def take_early(self, index: Sequence[int]) -> bool:
         """Whether `prepare_rollout` made the first micro-batch's forward of a step on rows `index`;
