@@ -51,20 +51,16 @@ class ReferenceModel:
         layout (B, R); at most `batch_size` rows per forward, in groups of like length."""
         import torch
 
+        from tandem.cluster.runtime import compute_threads
         from tandem.models.rows import place_rows
         from tandem.models.tokens import token_logprobs
 
-        out, shared = [], torch.get_num_threads()
-        groups = rows.length_groups(self.min_forward_tokens, self.batch_size)
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.no_grad():
-                for group in groups:
-                    chunk = rows.select(group)
-                    logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
-                    out.append(chunk.from_targets(logprobs, target_mask))
-        finally:
-            torch.set_num_threads(shared)
+        out, groups = [], rows.length_groups(self.min_forward_tokens, self.batch_size)
+        with compute_threads(self.threads), torch.no_grad():
+            for group in groups:
+                chunk = rows.select(group)
+                logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
+                out.append(chunk.from_targets(logprobs, target_mask))
         return place_rows(out, groups)
 
     def logprobs_of_draws(self, prompt_ids: Sequence[Sequence[int]], *parts: SampleBatch) -> np.ndarray:

@@ -28,6 +28,20 @@ def core_share(sharers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, sharers))
 
 
+@contextmanager
+def compute_threads(n: int) -> Iterator[None]:
+    """torch computes on `n` threads inside the block, then on as many as before (the process's
+    usual count: Ray's CPU share, which the calls that compute beside other roles keep)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def setup_env() -> None:
     """Environment defaults every tandem process needs, set before vLLM/DeepSpeed are imported.
 

@@ -23,6 +23,7 @@ from tandem.algos import (
     masked_mean,
     value_loss,
 )
+from tandem.cluster.runtime import compute_threads
 from tandem.learners.base import DeepSpeedLearner, accumulate
 from tandem.models.rows import Rows, place_rows
 from tandem.models.tokens import TokenBatch, next_token_targets, response_logits, token_logprobs
@@ -74,12 +75,8 @@ class _RolloutLearner(DeepSpeedLearner):
         self.engine.train()
         index = [int(i) for i in index]
         rows = tokens.select(index[: self.cfg.micro_batch_size])
-        shared = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or shared)
-        try:
+        with compute_threads(self.cfg.threads or torch.get_num_threads()):
             self._early = index, [self.train_forward(rows.select(group)) for group in self._groups(rows)]
-        finally:
-            torch.set_num_threads(shared)
 
     def take_early(self, index: Sequence[int]) -> bool:
         """Whether `prepare_rollout` made the first micro-batch's forward of a step on rows `index`;

@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 import torch
 
+from tandem.cluster.runtime import compute_threads, core_share
+
 T = TypeVar("T")
 
 
 def rank_threads(sharers: int = 1) -> int:
     """This rank's share of its node's cores: split among the learner ranks on the node, and
     `sharers` ways (asynchronous PPO may leave the engines their half: see `CoreHandoff`)."""
-    from tandem.cluster.runtime import core_share
-
     return core_share(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * sharers)
 
 
@@ -35,12 +35,8 @@ def on_all_cores(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        shared = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or rank_threads(self.handoff.sharers))
-        try:
+        with compute_threads(self.cfg.threads or rank_threads(self.handoff.sharers)):
             return method(self, *args, **kwargs)
-        finally:
-            torch.set_num_threads(shared)
 
     return wrapper
 
