@@ -99,6 +99,9 @@ def test_unplaceable_single_actors_fail_within_the_deadline(ray_session):
     from tandem.cluster.groups import wait_ready
 
     fits = ray.remote(Worker).options(num_cpus=0.1).remote("a")
+    # Built first: on a loaded machine a worker process may take longer than the 2 s deadline to
+    # start, and it would be named too.
+    wait_ready({"rollout engine 0": fits}, {"CPU": 0.1}, timeout_s=60)
     too_big = ray.remote(Worker).options(num_cpus=64).remote("b")
     t0 = time.monotonic()
     with pytest.raises(ActorGroupError) as info:
