@@ -94,7 +94,7 @@ def replace_engine(
 ) -> Any:
     """The engine to take `engine`'s calls once `err` (it died or missed its deadline) is healed:
     a new engine in its place, started as it was and, when `armed`, loaded with the weights (and
-    version) the others sample with before it serves; or, when none can be placed within
+    version) the others sample with before it serves; or, when none is placed and built within
     run.timeouts.startup_s, a surviving engine. The same engine is healed once, however many
     requests find it dead. Raises when it cannot be healed (see `tandem.cluster.healing`)."""
     import ray
@@ -116,14 +116,14 @@ def replace_engine(
             {"CPU": r.cpus_per_engine, "GPU": r.gpus_per_engine},
             group.cfg.run.timeouts.startup_s,
         )[name]
-    except RoleError as unplaced:
+    except RoleError as unstarted:  # "unplaced": no room; "late": placed, not built in time
         ray.kill(new, no_restart=True)
-        if unplaced.kind != "unplaced" or len(group.engines) == 1:
-            raise RoleError(f"{err}; starting another failed: {unplaced}", err.role, [], err.call) from err
-        new, node = None, None
+        if unstarted.kind not in ("unplaced", "late") or len(group.engines) == 1:
+            raise RoleError(f"{err}; starting another failed: {unstarted}", err.role, [], err.call) from err
+        new, node, why = None, None, "no room" if unstarted.kind == "unplaced" else "no time"
     if new is None:
         del group.engines[slot], group.node_ids[slot], group.options[slot]
-        how = f"no room to start another: the other {len(group.engines)} engine(s) take its share"
+        how = f"{why} to start another: the other {len(group.engines)} engine(s) take its share"
     else:
         group.engines[slot], group.node_ids[slot] = new, node
         how = "started another in its place" + (" with the current weights" if armed else "")

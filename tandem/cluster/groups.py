@@ -97,9 +97,10 @@ def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: 
     """Wait until every actor of `actors` (by name, each asking for `asks`) is placed and built;
     returns the Ray node id of each (by name), for errors that name where a call failed.
 
-    ActorGroupError after `timeout_s` naming those still waiting, what each asks for and what the
-    cluster has (single actors outside a placement group otherwise wait for room forever); at once
-    naming the actor if a constructor raises."""
+    ActorGroupError after `timeout_s` naming those still waiting: those not placed (kind "unplaced":
+    single actors outside a placement group otherwise wait for room forever) with what each asks for
+    and what the cluster has, and those placed whose constructor has not returned (kind "late") with
+    their process and node; at once naming the actor if a constructor raises."""
     import ray
 
     pending = {actor.__ray_call__.remote(node_of): name for name, actor in actors.items()}
@@ -112,17 +113,55 @@ def wait_ready(actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: 
             name = pending.pop(ref)
             nodes[name] = get_one(ref, "startup", None, Callee(name))  # ready: raises or returns now
         if pending and time.monotonic() >= deadline:
-            names = sorted(pending.values())
-            asked = ", ".join(f"{k} {v:g}" for k, v in asks.items())
-            raise ActorGroupError(
-                f"{', '.join(names)} not placed within {timeout_s:.0f}s, each asking for {asked}; "
-                f"{cluster_resources()}",
-                names[0],
-                [],
-                "startup",
-                kind="unplaced",
-            )
+            raise _not_ready(sorted(pending.values()), actors, asks, timeout_s)
     return nodes
+
+
+def _not_ready(
+    names: Sequence[str], actors: Mapping[str, Any], asks: Mapping[str, float], timeout_s: float
+) -> RoleError:
+    """The error for actors `names` not ready after `timeout_s`, telling those waiting for room from
+    those placed and still building (a slow model load points elsewhere than a full cluster)."""
+    where = _processes({name: actors[name] for name in names})
+    unplaced = [name for name in names if where.get(name, "") is None]
+    building = [f"{name} ({where[name]})" for name in names if where.get(name)]
+    unknown = [name for name in names if name not in where]
+    asked = ", ".join(f"{k} {v:g}" for k, v in asks.items())
+    room = f"each asking for {asked}; {cluster_resources()}"
+    parts = []
+    if unplaced:
+        parts.append(f"{', '.join(unplaced)} not placed within {timeout_s:.0f}s, {room}")
+    if unknown:
+        parts.append(f"{', '.join(unknown)} not placed or not built within {timeout_s:.0f}s, {room}")
+    if building:
+        parts.append(
+            f"{', '.join(building)} placed but not built within {timeout_s:.0f}s: the constructor "
+            "is still running (the worker's log says where; run.timeouts.startup_s sets the wait)"
+        )
+    kind = "late" if not (unplaced or unknown) else "unplaced"
+    first = (unplaced or unknown or names)[0]
+    return ActorGroupError("; and ".join(parts), first, [], "startup", kind=kind)
+
+
+def _processes(actors: Mapping[str, Any]) -> dict[str, str | None]:
+    """Per actor name: "process <pid> on <ip>" once Ray has given it a worker process (its
+    constructor runs there), None while it waits for room; {} if Ray's actor table cannot be read.
+    From the GCS table: Ray's public state API needs the dashboard, which a local Ray here runs
+    without."""
+    from ray.exceptions import RayError
+
+    try:
+        from ray._private.state import state
+
+        table = {name: state.actor_table(actor._actor_id.hex()) or {} for name, actor in actors.items()}
+    except (ImportError, AttributeError, RayError):  # a Ray whose private table moved: says less
+        return {}
+    return {
+        name: f"process {info['Pid']} on {info.get('Address', {}).get('IPAddress', '?')}"
+        if info.get("Pid")
+        else None
+        for name, info in table.items()
+    }
 
 
 def _bundle_nodes(pg, indices: Sequence[int]) -> list[str]:

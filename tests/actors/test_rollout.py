@@ -199,4 +199,4 @@ def test_a_killed_engine_heals_and_its_prompts_get_the_same_samples(group, promp
     _kill(pid)
     assert request.results() == expected
     assert group.heals.count == 2 and len(group.engines) == 1
-    assert "the other 1 engine(s) take its share" in capsys.readouterr().err
+    assert "no room to start another: the other 1 engine(s) take its share" in capsys.readouterr().err

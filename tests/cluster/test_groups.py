@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from ray import cloudpickle
@@ -113,6 +114,49 @@ def test_unplaceable_single_actors_fail_within_the_deadline(ray_session):
     assert message.startswith("rollout engine 1 not placed within 2s, each asking for CPU 64;")
     assert "the cluster has CPU 8, memory" in message
     assert 2 <= took < 10
+
+
+class SlowBuild:
+    """An actor whose constructor says it has started (a file), then takes a minute: a model load."""
+
+    def __init__(self, started: str) -> None:
+        Path(started).write_text(str(os.getpid()))
+        time.sleep(60)
+
+
+def test_actors_placed_but_still_building_are_told_from_unplaced_ones(ray_session, tmp_path):
+    """A slow constructor is not a full cluster: the message names the building actor's process, and
+    only the unplaced one with the cluster's resources; with none unplaced the kind is "late"."""
+    import ray
+
+    from tandem.cluster.groups import wait_ready
+
+    started = tmp_path / "started"
+    slow = ray.remote(SlowBuild).options(num_cpus=0.1).remote(str(started))
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:  # its process is up, building
+        time.sleep(0.1)
+    pid = int(started.read_text())
+    too_big = ray.remote(Worker).options(num_cpus=64).remote("b")
+    try:
+        with pytest.raises(ActorGroupError) as both:
+            wait_ready({"reference actor": slow, "reward actor": too_big}, {"CPU": 64}, timeout_s=1)
+        with pytest.raises(ActorGroupError) as alone:
+            wait_ready({"reference actor": slow}, {"CPU": 0.1}, timeout_s=1)
+    finally:
+        ray.kill(slow)
+        ray.kill(too_big)
+    building = f"reference actor (process {pid} on "
+    message = str(both.value)
+    assert message.startswith("reward actor not placed within 1s, each asking for CPU 64; the cluster has")
+    assert f"; and {building}" in message
+    assert message.endswith(
+        "placed but not built within 1s: the constructor is still running "
+        "(the worker's log says where; run.timeouts.startup_s sets the wait)"
+    )
+    assert (both.value.kind, both.value.role) == ("unplaced", "reward actor")
+    assert str(alone.value).startswith(building) and "cluster has" not in str(alone.value)
+    assert (alone.value.kind, alone.value.role, alone.value.call) == ("late", "reference actor", "startup")
 
 
 def test_rank_zero_holds_the_port_it_publishes(monkeypatch):
