@@ -1,12 +1,14 @@
 """The reference actor: a frozen copy of the initial policy that scores responses with per-token
 logprobs, in the rollout layout (response tokens only, one value per token), for the KL penalty.
 It reads the step's `Rows` from the object store, like the learners, or (`logprobs_of_draws`) builds
-them from the engines' answers, so its pass starts the moment a batch is drawn."""
+them from the engines' answers, so its pass starts the moment a batch is drawn. Or, with
+`reference.host: policy`, no actor: policy learner rank 0 holds the copy (`HostedReference`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tandem.cluster.healing import Call
 from tandem.cluster.runtime import startup_heap
 from tandem.config import Config
 
@@ -49,19 +51,11 @@ class ReferenceModel:
     def logprobs(self, rows: Rows) -> np.ndarray:
         """log p_ref(response[t] | prompt, response[:t]) of every response token, in the rollout
         layout (B, R); at most `batch_size` rows per forward, in groups of like length."""
-        import torch
-
         from tandem.cluster.runtime import compute_threads
-        from tandem.models.rows import place_rows
-        from tandem.models.tokens import token_logprobs
+        from tandem.models.rows import model_logprobs
 
-        out, groups = [], rows.length_groups(self.min_forward_tokens, self.batch_size)
-        with compute_threads(self.threads), torch.no_grad():
-            for group in groups:
-                chunk = rows.select(group)
-                logprobs, target_mask = token_logprobs(self.model, chunk.tokens(self.device))
-                out.append(chunk.from_targets(logprobs, target_mask))
-        return place_rows(out, groups)
+        with compute_threads(self.threads):
+            return model_logprobs(self.model, rows, self.device, self.batch_size, self.min_forward_tokens)
 
     def logprobs_of_draws(self, prompt_ids: Sequence[Sequence[int]], *parts: SampleBatch) -> np.ndarray:
         """`logprobs` of the engines' answers to one request (`parts` in request order; a Ray call
@@ -97,3 +91,44 @@ def make_reference_actor(
     return actor.remote(
         path or cfg.model.path, cfg.model.dtype, ref.batch_size, core_sharers, cfg.learner.min_forward_tokens
     )
+
+
+class HostedReference:
+    """The reference held by policy learner rank 0 (`reference.host: policy`), called as a
+    `tandem.cluster.healing.Restartable` is, with "logprobs" only: a Ray actor runs its calls in
+    order, so a pass waiting on a draw would hold up the training behind it. Nothing is healed
+    here: a dead rank 0 fails its group's call, and the job restarts."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy, self.actor = policy, policy.actors[0]
+
+    def ready(self) -> None:
+        """Built by the policy group's `setup`."""
+
+    def submit(self, method: str, *args: Any) -> Call:
+        if method != "logprobs":
+            raise ValueError(f"the policy-hosted reference answers 'logprobs' only, not {method!r}")
+        return Call(method, args, self.actor.reference_logprobs.remote(*args), self.actor)
+
+    def result(self, call: Call, timeout_s: float) -> Any:
+        return self.policy.collect([call.ref], "reference_logprobs", timeout_s)[0]
+
+    def shutdown(self) -> None:
+        """Stopped with the policy group."""
+
+
+def reference_role(
+    cfg: Config, path: str, policy: Any, placement: tuple[Any, int] | None, core_sharers: int, heals: Any
+) -> Any:
+    """The job's reference as `reference.host` says: the policy group's rank 0 (`policy`), or an actor
+    (`make_reference_actor`, healed in place by `heals`, a `tandem.cluster.healing.Heals`)."""
+    from functools import partial
+
+    from tandem.cluster.healing import Restartable
+
+    if cfg.reference.host == "policy":
+        return HostedReference(policy)
+    start = partial(make_reference_actor, cfg, path, placement=placement, core_sharers=core_sharers)
+    ref = cfg.reference
+    asks = {"CPU": ref.cpus, "GPU": ref.gpus}
+    return Restartable("reference actor", start, asks, cfg.run.timeouts.startup_s, heals)

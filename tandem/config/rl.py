@@ -116,6 +116,11 @@ class RewardConfig(_Section):
 
 
 class ReferenceConfig(_Section):
+    host: Literal["actor", "policy"] = "actor"
+    """Where the frozen reference runs: "actor", an actor of its own (healed in place if it dies);
+    "policy", a copy in policy learner rank 0's process, as verl's fused actor/reference worker:
+    one process, model load and (on GPU) device context fewer, its pass made there just before the
+    training (`cpus`, `gpus` and `resources` then unused; a dead rank 0 restarts the job)."""
     cpus: float = Field(1.0, gt=0)
     """Ray CPUs of the reference actor."""
     gpus: float = Field(0.0, ge=0)

@@ -25,17 +25,19 @@ from tandem.algos import (
 )
 from tandem.cluster.runtime import compute_threads
 from tandem.learners.base import DeepSpeedLearner, accumulate
-from tandem.models.rows import Rows, place_rows
+from tandem.models.rows import Rows, model_logprobs, place_rows
 from tandem.models.tokens import TokenBatch, next_token_targets, response_logits, token_logprobs
 
 
 class _RolloutLearner(DeepSpeedLearner):
     """Shared by policy and critic: rows of a rollout batch, token-mean losses, no-grad scoring.
-    `max_nonfinite_steps`: see `tandem.learners.finite`."""
+    `max_nonfinite_steps`: see `tandem.learners.finite`. `score_sharers`: see `score_threads`."""
 
-    def __init__(self, *args, max_nonfinite_steps: int = 3, **kwargs) -> None:
+    def __init__(
+        self, *args, max_nonfinite_steps: int = 3, score_sharers: int | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.max_nonfinite_steps = max_nonfinite_steps
+        self.max_nonfinite_steps, self.score_sharers = max_nonfinite_steps, score_sharers
         self._early: tuple[list[int], list[Any]] | None = None  # see `prepare_rollout`
         self._pending: list[Any] | None = None  # its forwards, for the micro-batch training next
 
@@ -70,13 +72,23 @@ class _RolloutLearner(DeepSpeedLearner):
         """The forward of the first micro-batch of the next `train_rollout` on rows `index`, made while
         the batch is still scored (synchronous PPO, one optimizer step per batch: the learners would
         wait through the reference's pass). Its graph is kept for that call's loss; the same forward
-        of the same weights, so the step is unchanged. Runs beside the scorers on Ray's thread count,
-        or on `learner.threads` when set (the training's count: the sums then round alike too)."""
+        of the same weights, so the step is unchanged. Runs beside the scorers on `score_threads`."""
         self.engine.train()
         index = [int(i) for i in index]
         rows = tokens.select(index[: self.cfg.micro_batch_size])
-        with compute_threads(self.cfg.threads or torch.get_num_threads()):
+        with compute_threads(self.score_threads()):
             self._early = index, [self.train_forward(rows.select(group)) for group in self._groups(rows)]
+
+    def score_threads(self) -> int:
+        """Threads of the passes made while a batch is scored: `learner.threads` when set (the
+        training's count: the sums then round alike too); else the node's cores split
+        `score_sharers` ways when given (a reference held here computes in its turn beside fewer
+        roles); else Ray's count."""
+        from tandem.cluster.runtime import core_share
+
+        if self.cfg.threads:
+            return self.cfg.threads
+        return core_share(self.score_sharers) if self.score_sharers else torch.get_num_threads()
 
     def take_early(self, index: Sequence[int]) -> bool:
         """Whether `prepare_rollout` made the first micro-batch's forward of a step on rows `index`;
@@ -147,7 +159,8 @@ class _RolloutLearner(DeepSpeedLearner):
 class PolicyLearner(_RolloutLearner):
     """The PPO actor: the policy loss registered as `policy_loss` in `tandem.algos` (PPO's clipped
     surrogate, Schulman et al. 2017, eq. 7, by default) with an optional entropy bonus, and with
-    `kl_loss_coef` > 0 the KL to the reference (`kl_estimator`) as a term of the loss (GRPO's form)."""
+    `kl_loss_coef` > 0 the KL to the reference (`kl_estimator`) as a term of the loss (GRPO's form).
+    With `reference_dtype` set, rank 0 also holds the frozen reference (`reference.host: policy`)."""
 
     def __init__(
         self,
@@ -160,9 +173,13 @@ class PolicyLearner(_RolloutLearner):
         off_policy: str = "none",
         is_cap: float = 2.0,
         is_level: str = "token",
+        reference_dtype: str | None = None,
+        reference_batch_size: int = 64,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.reference: torch.nn.Module | None = None
+        self.reference_dtype, self.reference_batch_size = reference_dtype, reference_batch_size
         self.policy_loss = get_policy_loss(policy_loss)
         self.correction = get_off_policy_correction(off_policy)
         self.clip_eps, self.entropy_coef = clip_eps, entropy_coef
@@ -174,6 +191,27 @@ class PolicyLearner(_RolloutLearner):
 
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         return load_causal_lm(self.model_path, "float32")
+
+    def setup(self) -> dict[str, Any]:
+        from tandem.models import load_causal_lm
+
+        summary = super().setup()
+        if self.reference_dtype is not None and self.rank == 0:
+            # Loaded aside from the run's random streams: the job draws the same numbers either way.
+            with torch.random.fork_rng(devices=[]):
+                model = load_causal_lm(self.model_path, self.reference_dtype)
+            self.reference = model.eval().requires_grad_(False).to(self.device)
+        return summary
+
+    def reference_logprobs(self, rows: Rows) -> np.ndarray:
+        """The frozen reference's logprobs of every response token of `rows` (B, R), as the reference
+        actor's (`model_logprobs`), on `score_threads`; rank 0 with `reference_dtype`."""
+        if self.reference is None:
+            raise RuntimeError(f"policy rank {self.rank} holds no reference (reference.host: policy, rank 0)")
+        with compute_threads(self.score_threads()):
+            return model_logprobs(
+                self.reference, rows, self.device, self.reference_batch_size, self.cfg.min_forward_tokens
+            )
 
     def logprobs(self, rows: Rows, index: Sequence[int]) -> np.ndarray:
         """log pi(response token | context) of rows `index` under the current weights (B, R): PPO's

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tandem.models.tokens import TokenBatch, pad_rows
+from tandem.models.tokens import TokenBatch, pad_rows, token_logprobs
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "response_mask")
 
@@ -139,6 +139,20 @@ def place_rows(parts: Sequence[np.ndarray], groups: Sequence[np.ndarray]) -> np.
     for part, group in zip(parts, groups, strict=True):
         out[group, : part.shape[1]] = part
     return out
+
+
+@torch.no_grad()
+def model_logprobs(
+    model: torch.nn.Module, rows: Rows, device: torch.device, batch_size: int, min_forward_tokens: int
+) -> np.ndarray:
+    """log p(response[t] | prompt, response[:t]) of every response token of `rows` under `model`, in
+    the rollout layout (B, R), no gradient: at most `batch_size` rows per forward, in groups of like
+    length (`Rows.length_groups`). The frozen reference's pass, in its own actor or in the policy's."""
+    out, groups = [], rows.length_groups(min_forward_tokens, batch_size)
+    for group in groups:
+        chunk = rows.select(group)
+        out.append(chunk.from_targets(*token_logprobs(model, chunk.tokens(device))))
+    return place_rows(out, groups)
 
 
 def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:

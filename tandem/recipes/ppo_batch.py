@@ -222,7 +222,7 @@ class Generation:
         """Refs of the calls drawing and scoring these samples (none when restored from a checkpoint)."""
         if self._request is None:
             return []
-        return [s.ref for s in self._request.shares] + [c.ref for c in self.scoring or ()]
+        return [s.ref for s in self._request.shares] + [c.ref for c in self.scoring or () if c is not None]
 
     def batch(self) -> RolloutBatch:
         """The samples as a batch, with the scoring calls made on them while they were drawn when

@@ -83,6 +83,11 @@ def colocated_placement(cfg: Config) -> Any:
     from tandem.cluster.groups import make_placement_group
 
     co = cfg.ppo.colocate
+    if "reference" in co and cfg.reference.host == "policy":
+        raise UserError(
+            "ppo.colocate: the reference is held by policy rank 0 (reference.host: policy), so there "
+            "is no reference actor to colocate; drop it from ppo.colocate or set reference.host: actor"
+        )
     if not co:
         return None
     lc, cpus, gpus = cfg.learner, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank

@@ -49,14 +49,15 @@ class Roles:
     def cpus_needed(cfg: Config) -> int:
         """Logical CPUs a local Ray needs to place every role."""
         r = cfg.rollout
-        total = r.num_engines * r.cpus_per_engine + cfg.reward.cpus + cfg.reference.cpus
+        total = r.num_engines * r.cpus_per_engine + cfg.reward.cpus
+        total += cfg.reference.cpus if cfg.reference.host == "actor" else 0
         total += cfg.learner.world_size * cfg.learner.cpus_per_rank
         if needs_critic(cfg):
             total += cfg.critic.world_size * cfg.critic.cpus_per_rank
         return math.ceil(total)
 
     def _start(self, rm_path: str | None) -> None:
-        from tandem.actors.reference import make_reference_actor
+        from tandem.actors.reference import reference_role
         from tandem.actors.reward import make_reward_actor
         from tandem.actors.rollout import RolloutGroup
         from tandem.cluster.healing import Heals, Restartable
@@ -89,6 +90,9 @@ class Roles:
             off_policy=p.off_policy,
             is_cap=p.is_cap,
             is_level=p.is_level,
+            reference_dtype=cfg.model.dtype if cfg.reference.host == "policy" else None,
+            reference_batch_size=cfg.reference.batch_size,
+            score_sharers=self._scorers() if cfg.reference.host == "policy" else None,
         )
         self.critic = None
         if needs_critic(cfg):
@@ -110,10 +114,7 @@ class Roles:
         co, startup_s = {r: (shared, 0) for r in p.colocate}, cfg.run.timeouts.startup_s
         start = partial(make_reward_actor, cfg, rm_path, co.get("reward"))
         self.reward = Restartable("reward actor", start, _asks(cfg.reward), startup_s, heals)
-        start = partial(
-            make_reference_actor, cfg, path, placement=co.get("reference"), core_sharers=self._scorers()
-        )
-        self.reference = Restartable("reference actor", start, _asks(cfg.reference), startup_s, heals)
+        self.reference = reference_role(cfg, path, self.policy, co.get("reference"), self._scorers(), heals)
         self._groups += [self.reward, self.reference]
         self.rollout = RolloutGroup(cfg, core_sharers=sharers)  # returns once its engines are up
         self.rollout.on_replace = self._engine_replaced
@@ -132,13 +133,13 @@ class Roles:
     def _scorers(self) -> int:
         """The reference's share of the cores while it scores. Synchronous: every role computing then
         splits them (the reference, a reward model, the policy's pi_old pass or first training
-        forward, the critic's value pass). Async: it scores once a batch is drawn, on the engines'
-        half, beside the learners' update."""
+        forward, the critic's value pass; a reference held by the policy computes in its ranks'
+        turn). Async: it scores once a batch is drawn, on the engines' half, beside the learners."""
         cfg = self.cfg
         models = sum(c.kind == "model" for c in cfg.reward.components)
         if cfg.ppo.max_staleness:
             return 2 * (1 + models)
-        return 2 + models + needs_critic(cfg)
+        return (2 if cfg.reference.host == "actor" else cfg.learner.world_size) + models + needs_critic(cfg)
 
     def _weight_sync(self, engines: list | None = None, nodes: list | None = None) -> Any:
         """The broadcast group from the policy to `engines` (default: every engine in service)."""
@@ -206,10 +207,10 @@ class Roles:
         # Scored as soon as drawn: Ray runs these once the engines' answers exist, without a round
         # trip through this driver, and (asynchronous) while the learners train on the batch before.
         draws = [share.ref for share in request.shares]
-        gen.scoring = (
-            self.reward.submit("score_draws", gen.prompt_texts, *draws),
-            self.reference.submit("logprobs_of_draws", ids, *draws),
-        )
+        # A policy-hosted reference waits for its turn on the learner instead (`score`).
+        hosted = self.cfg.reference.host == "policy"
+        ref_call = None if hosted else self.reference.submit("logprobs_of_draws", ids, *draws)
+        gen.scoring = (self.reward.submit("score_draws", gen.prompt_texts, *draws), ref_call)
         return gen
 
     def finish_generation(self, gen: Generation) -> RolloutBatch:
@@ -255,10 +256,11 @@ class Roles:
             for r in ("critic", "policy")
             if r in self.learner_groups()
         }
-        if batch.scoring is not None:
-            reward_call, ref_call = batch.scoring
-        else:  # restored from a checkpoint, or an engine's share was drawn again
+        # None: restored from a checkpoint, an engine's share drawn again, or a policy-hosted reference.
+        reward_call, ref_call = batch.scoring or (None, None)
+        if reward_call is None:
             reward_call = self.reward.submit("score", batch.prompts, batch.responses)
+        if ref_call is None:
             ref_call = self.reference.submit("logprobs", batch.rows)
         policy_refs = critic_refs = prepared = None
         if self.needs_old_logprobs():

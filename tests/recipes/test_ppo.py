@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from tandem.actors.reference import HostedReference
 from tandem.config import load_config
 from tandem.errors import UserError
 from tandem.recipes import ppo
@@ -293,6 +294,9 @@ def _check_sane(rows: dict[int, dict]) -> None:
 
 
 def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recording, tmp_path):
+    """Also the reference held by policy rank 0 (`reference.host: policy`): its logprobs go to both
+    ZeRO-3 ranks (the KL as a loss), and the KL checks below see a reference that moved with the
+    policy (KL 0 at step 2) or that is not the initial weights (KL > 0 at step 1)."""
     cfg = _cfg(
         tmp_path,
         "zero3",
@@ -303,7 +307,8 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
         "ppo.advantage=gae",
         "critic.world_size=2",
         "critic.zero_stage=3",
-        "ppo.colocate=[critic,reference,reward]",
+        "ppo.colocate=[critic,reward]",
+        "reference.host=policy",
         "ppo.kl_penalty=loss",  # the reference logprobs go to the ZeRO-3 ranks too
         "ppo.kl_estimator=k3",
         "ppo.num_minibatches=1",  # one optimizer step a batch: the policy's first forward made early
@@ -312,7 +317,9 @@ def test_two_engines_two_ranks_zero3_with_colocated_critic(ray_session, recordin
     assert summary["steps"] == 2 and "final_model" in summary
     (roles,) = _roles(recording, "zero3")
     assert roles.layout == (2, 2, 2)
-    # Colocated roles sit in the policy's placement group; the engines stand apart (in none here).
+    # Colocated roles sit in the policy's placement group (the reference in rank 0's process); the
+    # engines stand apart (in none here).
+    assert isinstance(roles.reference, HostedReference)
     pgs = roles.placement_groups
     (policy_pg,) = set(pgs["policy"])
     assert policy_pg is not None and set(pgs["critic"] + pgs["reference"] + pgs["reward"]) == {policy_pg}
@@ -346,12 +353,17 @@ def test_a_transformers_engine_samples_with_the_learners_own_numbers(ray_session
     forward (fp32, no vLLM kernels), so at staleness 1 the IS ratio is the policy's move alone, and
     the first step (staleness 0) matches the learner to rounding."""
     extra = ["ppo.steps=3", *LEARNING[1:], "ppo.max_staleness=1", "rollout.backend=transformers"]
+    # The reference held by the policy learner: its pass queues behind the training there, never
+    # ahead of it waiting for a draw.
+    extra.append("reference.host=policy")
     assert ppo.run(_cfg(tmp_path, "hf", *extra))["steps"] == 3
     (roles,) = _roles(recording, "hf")
     assert roles.synced == [[1], [2], [3]]
     rows = _rows(tmp_path / "hf")
     _check_sane_async(rows)
     assert rows[1]["rollout/logprob_mismatch"] < 1e-5 and rows[1]["offpolicy/is_ratio_max"] < 1 + 1e-4
+    # Steps 1 and 2 are drawn with the initial weights, which the reference holds: KL 0 to rounding.
+    assert abs(rows[1]["kl/mean"]) < 1e-4 and abs(rows[2]["kl/mean"]) < 1e-4 < abs(rows[3]["kl/mean"])
     for step in (2, 3):  # the batch was drawn with the weights before the last update, which moved
         assert rows[step]["offpolicy/staleness_max"] == 1 and rows[step]["rollout/logprob_mismatch"] > 1e-3
 
@@ -361,6 +373,12 @@ def test_colocated_critic_needs_gae_and_the_policy_world_size(tmp_path):
         cfg = _cfg(tmp_path, "bad", "ppo.colocate=[critic]", *bad)
         with pytest.raises(UserError, match=r"ppo.colocate: .*critic.world_size = learner.world_size \(1\)"):
             Roles(cfg)
+
+
+def test_a_policy_hosted_reference_is_not_colocated_as_an_actor(tmp_path):
+    cfg = _cfg(tmp_path, "bad", "ppo.colocate=[reference]", "reference.host=policy")
+    with pytest.raises(UserError, match=r"ppo.colocate: the reference is held by policy rank 0"):
+        Roles(cfg)
 
 
 def test_batch_sizes_unset_are_derived_and_set_ones_kept(tmp_path):
