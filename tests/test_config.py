@@ -251,3 +251,27 @@ def test_eval_reward_is_imported_when_the_job_loads(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "`eval.reward` = 'no_such_pkg.mod:fn' (command line)" in out.stderr
     assert "cannot import module 'no_such_pkg.mod': not found" in out.stderr
+
+
+def test_a_rerun_into_a_finished_jobs_folder_is_refused_before_ray_starts(tmp_path):
+    """Every job that trains checks its run folder before starting a local Ray (10 s here), so the
+    mistake is told at once; the folder is left as it was."""
+    (tmp_path / "done" / "checkpoints" / "step_000001").mkdir(parents=True)
+    jobs = ("sft", "rm", "dpo", "ppo")
+    args = ["run.output_dir=" + str(tmp_path), "run.name=done", "wandb.mode=disabled"]
+    procs = {
+        job: subprocess.Popen(
+            [sys.executable, "-m", "tandem.cli", job, f"configs/{job}.yaml", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in jobs
+    }
+    for job, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (job, err)
+        assert err.startswith(f"tandem: error: run folder {tmp_path / 'done'} already holds checkpoints")
+        assert "Ray" not in out + err, (job, out, err)  # "Started a local Ray instance" were it started
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["checkpoints"]

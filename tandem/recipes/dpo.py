@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.errors import UserError
 from tandem.recipes.offline import eval_loss, finish_policy_run, fit
-from tandem.recipes.run_dir import start_run
+from tandem.recipes.run_dir import run_job, start_run
 
 Judge = Callable[[Config, list[str], list[str], list[str]], list[bool | None]]
 
@@ -155,6 +154,4 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with ray_cluster(cfg):
-        run(cfg, getattr(args, "resume", None))
-    return 0
+    return run_job(run, cfg, args)

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from tandem.algos import make_kl_controller
-from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import BatchOrder, load_prompts
 from tandem.learners.finite import RewardGuard
@@ -27,7 +26,7 @@ from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantage
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
 from tandem.recipes.restarts import Restarts
-from tandem.recipes.run_dir import Run, finish_run, layout, start_run
+from tandem.recipes.run_dir import Run, finish_run, layout, run_job, start_run
 
 
 class CpuClock:
@@ -257,6 +256,4 @@ def run(
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
-        run(cfg, getattr(args, "resume", None))
-    return 0
+    return run_job(run, cfg, args, num_cpus=Roles.cpus_needed(cfg))

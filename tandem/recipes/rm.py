@@ -11,11 +11,10 @@ import argparse
 from typing import Any
 
 from tandem.cluster.groups import ActorGroup
-from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.recipes.offline import eval_loss, fit
-from tandem.recipes.run_dir import export_final, finish_run, start_run
+from tandem.recipes.run_dir import export_final, finish_run, run_job, start_run
 
 
 def true_order(cfg: Config, records: list[dict]) -> list[dict]:
@@ -71,6 +70,4 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with ray_cluster(cfg):
-        run(cfg, getattr(args, "resume", None))
-    return 0
+    return run_job(run, cfg, args)

@@ -14,15 +14,18 @@ A run folder `<run.output_dir>/<run.name>` holds:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tandem.cluster.groups import ActorGroup
+from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config, LearnerConfig, dump_config
 from tandem.errors import UserError
 from tandem.recipes.checkpoints import Checkpoints
@@ -43,22 +46,45 @@ class Run:
     started_at: float
 
 
-def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
-    """Create (or reopen, when resuming) the run folder. Resuming: `run.resume: true` or
-    `--resume RUN_DIR` (which also names the folder) continues from the newest complete checkpoint;
-    with no checkpoint folder there at all, it starts over. UserError when checkpoints exist but
-    none is complete (nothing is touched: starting over would delete the run's metrics)."""
+def check_run_dir(cfg: Config, resume_dir: str | None = None) -> tuple[Path, Checkpoints]:
+    """The run folder and its checkpoints, after the checks that read only the folder's listing:
+    UserError for `--resume` of a missing folder, or a folder holding checkpoints when this is not a
+    resume. Jobs call it before Ray starts too, so that these mistakes are told in seconds."""
     run_dir = Path(resume_dir) if resume_dir else Path(cfg.run.output_dir) / cfg.run.name
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.run.keep_checkpoints)
-    resuming = bool(resume_dir) or cfg.run.resume
     if resume_dir and not run_dir.is_dir():
         raise UserError(f"--resume {resume_dir}: no such run folder")
-    folders = checkpoints.folders()
-    if not resuming and folders:
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.run.keep_checkpoints)
+    if not (resume_dir or cfg.run.resume) and checkpoints.folders():
         raise UserError(
             f"run folder {run_dir} already holds checkpoints; resume it with run.resume=true "
             f"(or --resume {run_dir}), or pick another run.name"
         )
+    return run_dir, checkpoints
+
+
+def run_job(
+    run: Callable[[Config, str | None], Any],
+    cfg: Config,
+    args: argparse.Namespace,
+    num_cpus: int | None = None,
+) -> int:
+    """A recipe's `main`: `run(cfg, resume_dir)` in `ray_cluster`, after `check_run_dir`, since starting
+    a local Ray takes 10 s here: a rerun into a finished job's folder is told before that."""
+    resume_dir = getattr(args, "resume", None)
+    check_run_dir(cfg, resume_dir)
+    with ray_cluster(cfg, num_cpus):
+        run(cfg, resume_dir)
+    return 0
+
+
+def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:
+    """Create (or reopen, when resuming) the run folder. Resuming: `run.resume: true` or
+    `--resume RUN_DIR` (which also names the folder) continues from the newest complete checkpoint;
+    with no checkpoint folder there at all, it starts over. UserError as `check_run_dir`, or when
+    checkpoints exist but none is complete (nothing is touched: starting over would delete the run's
+    metrics)."""
+    run_dir, checkpoints = check_run_dir(cfg, resume_dir)
+    folders = checkpoints.folders()
     latest = checkpoints.latest() if folders else None
     if folders and latest is None:
         raise UserError(

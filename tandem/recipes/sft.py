@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tandem.cluster.runtime import ray_cluster
 from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.recipes.offline import eval_loss, finish_policy_run, fit
-from tandem.recipes.run_dir import start_run
+from tandem.recipes.run_dir import run_job, start_run
 
 
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -49,6 +48,4 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    with ray_cluster(cfg):
-        run(cfg, getattr(args, "resume", None))
-    return 0
+    return run_job(run, cfg, args)
