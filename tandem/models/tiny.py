@@ -24,6 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from tandem.errors import UserError
 from tandem.tasks import BUILTIN_TASKS
 
 #: Bump when the build recipe changes in a way the hashed spec below does not capture.
@@ -219,6 +220,20 @@ def resolve_model(path_or_name: str) -> str:
     name that transformers will fetch) is returned unchanged."""
     # A local directory wins over the embedded name it may share (e.g. a checkpoint saved as
     # ./tiny-qwen2): what is on disk is what the user pointed at.
-    if path_or_name in ARCHITECTURES and not Path(path_or_name).is_dir():
+    if Path(path_or_name).is_dir():
+        return path_or_name
+    if path_or_name in ARCHITECTURES:
         return str(build_tiny_model(path_or_name))
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path_or_name)
+    except HFValidationError:
+        # A path that is no folder here (say, a stage's output before that stage ran): told now, in
+        # our words, not as transformers' traceback about repository names.
+        raise UserError(
+            f"no model at {path_or_name!r}: no such folder, and not a hub name ('name' or "
+            f"'owner/name'); a model path (model.path, a reward model's path) is a local HF folder, "
+            f"an embedded model ({', '.join(ARCHITECTURES)}) or a hub name"
+        ) from None
     return path_or_name

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import string
 
 import pytest
 
+from tandem.errors import UserError
 from tandem.models import tiny
 from tandem.models.tiny import EMBEDDED_MODELS, build_tiny_model, resolve_model
 from tandem.tasks import get_task, task_names
@@ -50,6 +52,9 @@ def test_resolve_model(tmp_path, monkeypatch):
     assert path.startswith(str(tmp_path / "models" / "tiny-qwen2-"))
     assert resolve_model(path) == path  # a local directory is itself
     assert resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub name, left to transformers
+    for missing in ("runs/sft/final", str(tmp_path / "none"), "./final"):  # no folder, no hub name
+        with pytest.raises(UserError, match=f"no model at '{re.escape(missing)}': no such folder"):
+            resolve_model(missing)
     with pytest.raises(ValueError, match="unknown embedded model"):
         build_tiny_model("tiny-gpt")
 
