@@ -253,25 +253,41 @@ def test_eval_reward_is_imported_when_the_job_loads(tmp_path):
     assert "cannot import module 'no_such_pkg.mod': not found" in out.stderr
 
 
-def test_a_rerun_into_a_finished_jobs_folder_is_refused_before_ray_starts(tmp_path):
-    """Every job that trains checks its run folder before starting a local Ray (10 s here), so the
-    mistake is told at once; the folder is left as it was."""
+def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_starts(tmp_path):
+    """Every job that trains checks its run folder (and SFT, RM and PPO their data and model) before
+    starting a local Ray (10 s here), so the mistake is told at once; nothing is written."""
     (tmp_path / "done" / "checkpoints" / "step_000001").mkdir(parents=True)
-    jobs = ("sft", "rm", "dpo", "ppo")
-    args = ["run.output_dir=" + str(tmp_path), "run.name=done", "wandb.mode=disabled"]
+    bad = write(tmp_path, "bad.jsonl", '{"prompt": "sort 3 1 2"}\n{"question": "where is the prompt"}\n')
+    common = [f"run.output_dir={tmp_path}", "wandb.mode=disabled"]
+    # The shipped ppo config starts from an SFT run's output; here from the embedded model.
+    runs = {
+        job: [job, f"configs/{job}.yaml", *common, "run.name=done", "model.path=tiny-qwen2"]
+        for job in ("sft", "ppo")  # rm and dpo enter Ray through the same `job_cluster`
+    }
+    runs["bad row"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
+    runs["no model"] = ["rm", "configs/rm.yaml", *common, "run.name=new", "model.path=runs/none/final"]
+    expected = {
+        "bad row": f"{bad}: row 2: column 'prompt' is missing",
+        "no model": "no model at 'runs/none/final': no such folder, and not a hub name",
+    }
     procs = {
-        job: subprocess.Popen(
-            [sys.executable, "-m", "tandem.cli", job, f"configs/{job}.yaml", *args],
+        name: subprocess.Popen(
+            [sys.executable, "-m", "tandem.cli", *argv],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for job in jobs
+        for name, argv in runs.items()
     }
-    for job, proc in procs.items():
+    for name, proc in procs.items():
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (job, err)
-        assert err.startswith(f"tandem: error: run folder {tmp_path / 'done'} already holds checkpoints")
-        assert "Ray" not in out + err, (job, out, err)  # "Started a local Ray instance" were it started
-    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["checkpoints"]
+        message = expected.get(name, f"run folder {tmp_path / 'done'} already holds checkpoints")
+        assert proc.returncode == 2 and f"tandem: error: {message}" in err, (name, err)
+        assert "Traceback" not in err and "Ray" not in out + err, (
+            name,
+            out,
+            err,
+        )  # Ray: "Started a local Ray"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "done"]
+    assert [p.name for p in (tmp_path / "done").iterdir()] == ["checkpoints"]

@@ -20,7 +20,7 @@ from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.errors import UserError
 from tandem.recipes.offline import eval_loss, finish_policy_run, fit
-from tandem.recipes.run_dir import run_job, start_run
+from tandem.recipes.run_dir import job_cluster, start_run
 
 Judge = Callable[[Config, list[str], list[str], list[str]], list[bool | None]]
 
@@ -133,25 +133,28 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import DPOLearner
     from tandem.models import resolve_model
 
-    run = start_run(cfg, "dpo", resume_dir)
-    model_path = resolve_model(cfg.model.path)
-    train, held_out = load_data(cfg, model_path, run.dir)
-    result = fit(
-        run,
-        cfg,
-        "policy",
-        DPOLearner,
-        model_path,
-        train,
-        lambda group: eval_loss(group, held_out),
-        stop_after,
-        beta=cfg.dpo.beta,
-        loss=cfg.dpo.loss,
-        rpo_alpha=cfg.dpo.rpo_alpha,
-        options=loss_options(cfg),
-    )
-    return finish_policy_run(run, result, model_path)
+    # Ray before the data: on-policy pairs are sampled by a rollout engine.
+    with job_cluster(cfg, resume_dir):
+        run = start_run(cfg, "dpo", resume_dir)
+        model_path = resolve_model(cfg.model.path)
+        train, held_out = load_data(cfg, model_path, run.dir)
+        result = fit(
+            run,
+            cfg,
+            "policy",
+            DPOLearner,
+            model_path,
+            train,
+            lambda group: eval_loss(group, held_out),
+            stop_after,
+            beta=cfg.dpo.beta,
+            loss=cfg.dpo.loss,
+            rpo_alpha=cfg.dpo.rpo_alpha,
+            options=loss_options(cfg),
+        )
+        return finish_policy_run(run, result, model_path)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    return run_job(run, cfg, args)
+    run(cfg, getattr(args, "resume", None))
+    return 0

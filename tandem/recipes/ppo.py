@@ -26,7 +26,7 @@ from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantage
 from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
 from tandem.recipes.ppo_roles import Roles
 from tandem.recipes.restarts import Restarts
-from tandem.recipes.run_dir import Run, finish_run, layout, run_job, start_run
+from tandem.recipes.run_dir import Run, finish_run, job_cluster, layout, start_run
 
 
 class CpuClock:
@@ -230,7 +230,20 @@ def run(
             **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {}),
         }
     )
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(cfg)  # first: a bad row fails before Ray starts or the run folder is touched
+    with job_cluster(cfg, resume_dir, Roles.cpus_needed(cfg)):
+        return _run_job(cfg, prompts, resume_dir, stop_after, rm_path)
+
+
+def _run_job(
+    cfg: Config,
+    prompts: list[str | list[dict]],
+    resume_dir: str | None,
+    stop_after: int | None,
+    rm_path: str | None,
+) -> dict[str, Any]:
+    """`run` once Ray is up: the run folder, the roles (started again from the newest checkpoint
+    after a failure), then the held-out table."""
     run = start_run(cfg, "ppo", resume_dir)
     # The run folder's config.yaml is the resolved job: resuming from it needs no other file.
     restarts = Restarts(cfg.run.max_restarts, f"tandem ppo {run.dir / 'config.yaml'}")
@@ -256,4 +269,5 @@ def run(
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    return run_job(run, cfg, args, num_cpus=Roles.cpus_needed(cfg))
+    run(cfg, getattr(args, "resume", None))
+    return 0

@@ -14,7 +14,7 @@ from tandem.cluster.groups import ActorGroup
 from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.recipes.offline import eval_loss, fit
-from tandem.recipes.run_dir import export_final, finish_run, run_job, start_run
+from tandem.recipes.run_dir import export_final, finish_run, job_cluster, start_run
 
 
 def true_order(cfg: Config, records: list[dict]) -> list[dict]:
@@ -54,20 +54,22 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import RewardLearner
     from tandem.models import resolve_model
 
-    # Data first: a bad row or an over-long prompt then fails before the run folder is touched.
+    # Data first: a bad row or an over-long prompt then fails before Ray or the run folder is touched.
     train, held_out, held_out_true = load_data(cfg)
-    run = start_run(cfg, "rm", resume_dir)
-    model_path = resolve_model(cfg.model.path)
 
     def held_out_losses(group: ActorGroup) -> dict[str, float]:
         return {**eval_loss(group, held_out), **eval_loss(group, held_out_true, "eval/true_")}
 
-    result = fit(run, cfg, "rm", RewardLearner, model_path, train, held_out_losses, stop_after)
-    if not result.finished:
-        return finish_run(run, {"stopped_at": result.step})
-    final = export_final(run, result.checkpoint)
-    return finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval})
+    with job_cluster(cfg, resume_dir):
+        run = start_run(cfg, "rm", resume_dir)
+        model_path = resolve_model(cfg.model.path)
+        result = fit(run, cfg, "rm", RewardLearner, model_path, train, held_out_losses, stop_after)
+        if not result.finished:
+            return finish_run(run, {"stopped_at": result.step})
+        final = export_final(run, result.checkpoint)
+        return finish_run(run, {"final_model": str(final), "steps": result.step, **result.last_eval})
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    return run_job(run, cfg, args)
+    run(cfg, getattr(args, "resume", None))
+    return 0

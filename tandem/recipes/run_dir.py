@@ -14,12 +14,12 @@ A run folder `<run.output_dir>/<run.name>` holds:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ class Run:
 def check_run_dir(cfg: Config, resume_dir: str | None = None) -> tuple[Path, Checkpoints]:
     """The run folder and its checkpoints, after the checks that read only the folder's listing:
     UserError for `--resume` of a missing folder, or a folder holding checkpoints when this is not a
-    resume. Jobs call it before Ray starts too, so that these mistakes are told in seconds."""
+    resume (`job_cluster` checks it before Ray starts, `start_run` again)."""
     run_dir = Path(resume_dir) if resume_dir else Path(cfg.run.output_dir) / cfg.run.name
     if resume_dir and not run_dir.is_dir():
         raise UserError(f"--resume {resume_dir}: no such run folder")
@@ -62,19 +62,14 @@ def check_run_dir(cfg: Config, resume_dir: str | None = None) -> tuple[Path, Che
     return run_dir, checkpoints
 
 
-def run_job(
-    run: Callable[[Config, str | None], Any],
-    cfg: Config,
-    args: argparse.Namespace,
-    num_cpus: int | None = None,
-) -> int:
-    """A recipe's `main`: `run(cfg, resume_dir)` in `ray_cluster`, after `check_run_dir`, since starting
-    a local Ray takes 10 s here: a rerun into a finished job's folder is told before that."""
-    resume_dir = getattr(args, "resume", None)
+@contextmanager
+def job_cluster(cfg: Config, resume_dir: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """`ray_cluster` for a job, after `check_run_dir`: a job enters it once its data is loaded and
+    before its run folder is touched, so that a bad row or a rerun into a finished job's folder is
+    told in seconds, not after a local Ray's startup (10 s here)."""
     check_run_dir(cfg, resume_dir)
     with ray_cluster(cfg, num_cpus):
-        run(cfg, resume_dir)
-    return 0
+        yield
 
 
 def start_run(cfg: Config, job: str, resume_dir: str | None = None) -> Run:

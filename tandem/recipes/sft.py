@@ -12,7 +12,7 @@ from typing import Any
 from tandem.config import Config
 from tandem.data.records import load_records, tokenize
 from tandem.recipes.offline import eval_loss, finish_policy_run, fit
-from tandem.recipes.run_dir import run_job, start_run
+from tandem.recipes.run_dir import job_cluster, start_run
 
 
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -30,22 +30,24 @@ def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = Non
     from tandem.learners import SFTLearner
     from tandem.models import resolve_model
 
-    # Data first: a bad row or an over-long prompt then fails before the run folder is touched.
+    # Data first: a bad row or an over-long prompt then fails before Ray or the run folder is touched.
     train, held_out = load_data(cfg)
-    run = start_run(cfg, "sft", resume_dir)
-    model_path = resolve_model(cfg.model.path)
-    result = fit(
-        run,
-        cfg,
-        "policy",
-        SFTLearner,
-        model_path,
-        train,
-        lambda group: eval_loss(group, held_out),
-        stop_after,
-    )
-    return finish_policy_run(run, result, model_path)
+    with job_cluster(cfg, resume_dir):
+        run = start_run(cfg, "sft", resume_dir)
+        model_path = resolve_model(cfg.model.path)
+        result = fit(
+            run,
+            cfg,
+            "policy",
+            SFTLearner,
+            model_path,
+            train,
+            lambda group: eval_loss(group, held_out),
+            stop_after,
+        )
+        return finish_policy_run(run, result, model_path)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    return run_job(run, cfg, args)
+    run(cfg, getattr(args, "resume", None))
+    return 0
