@@ -259,11 +259,8 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
     (tmp_path / "done" / "checkpoints" / "step_000001").mkdir(parents=True)
     bad = write(tmp_path, "bad.jsonl", '{"prompt": "sort 3 1 2"}\n{"question": "where is the prompt"}\n')
     common = [f"run.output_dir={tmp_path}", "wandb.mode=disabled"]
-    # The shipped ppo config starts from an SFT run's output; here from the embedded model.
-    runs = {
-        job: [job, f"configs/{job}.yaml", *common, "run.name=done", "model.path=tiny-qwen2"]
-        for job in ("sft", "ppo")  # rm and dpo enter Ray through the same `job_cluster`
-    }
+    # rm and dpo enter Ray through the same `job_cluster`.
+    runs = {job: [job, f"configs/{job}.yaml", *common, "run.name=done"] for job in ("sft", "ppo")}
     runs["bad row"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
     runs["no model"] = ["rm", "configs/rm.yaml", *common, "run.name=new", "model.path=runs/none/final"]
     expected = {
@@ -284,10 +281,7 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
         out, err = proc.communicate(timeout=120)
         message = expected.get(name, f"run folder {tmp_path / 'done'} already holds checkpoints")
         assert proc.returncode == 2 and f"tandem: error: {message}" in err, (name, err)
-        assert "Traceback" not in err and "Ray" not in out + err, (
-            name,
-            out,
-            err,
-        )  # Ray: "Started a local Ray"
+        # Ray logs "Started a local Ray instance" when it starts.
+        assert "Traceback" not in err and "Ray" not in out + err, (name, out, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "done"]
     assert [p.name for p in (tmp_path / "done").iterdir()] == ["checkpoints"]
