@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray for the whole session, models built into a per-session cache."""
+"""Shared fixtures: one local Ray per pytest process (each xdist worker has its own), models built
+into a per-machine cache."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ setup_env()
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray (8 logical CPUs: actors mostly wait on each other) shared by all tests."""
+    """A local Ray (8 logical CPUs: actors mostly wait on each other) shared by this process's tests."""
     import ray
 
     from tandem.cluster.runtime import init_ray
