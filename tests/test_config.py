@@ -133,6 +133,20 @@ def test_default_algorithm_names_are_registered():
     assert cfg.dpo.loss in algos.PREFERENCE_LOSSES.names()
 
 
+def test_a_preference_loss_option_the_loss_does_not_read_is_refused():
+    with pytest.raises(UserError, match=r"dpo.simpo_gamma is not used by loss 'dpo' \(it reads: \[.*\]\)"):
+        load_config(None, ["dpo.simpo_gamma=0.5"])
+    assert load_config(None, ["dpo.loss=simpo", "dpo.simpo_gamma=0.5"]).dpo.simpo_gamma == 0.5
+
+
+def test_the_config_imports_without_torch():
+    # A config that names no algorithm (SFT's, RM's) is then read, and its mistakes told, in under a
+    # second, not after torch's 3 s import.
+    code = "import sys, tandem.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")

@@ -224,14 +224,18 @@ class DPOConfig(_Section):
 
     @model_validator(mode="after")
     def _options_are_read(self) -> DPOConfig:
-        from tandem.algos import get_preference_loss
+        options = [o for o in ("length_alpha", "dpop_lambda", "simpo_gamma") if getattr(self, o)]
+        if options:
+            # Only then: the registry loads torch, and the defaults are validated when this module
+            # is imported (the CLI reads an SFT or RM config without torch).
+            from tandem.algos import get_preference_loss
 
-        reads = get_preference_loss(self.loss).options
-        for option in ("length_alpha", "dpop_lambda", "simpo_gamma"):
-            if getattr(self, option) and option not in reads:
-                raise ValueError(
-                    f"dpo.{option} is not used by loss {self.loss!r} (it reads: {sorted(reads)})"
-                )
+            reads = get_preference_loss(self.loss).options
+            for option in options:
+                if option not in reads:
+                    raise ValueError(
+                        f"dpo.{option} is not used by loss {self.loss!r} (it reads: {sorted(reads)})"
+                    )
         if self.judge == "rm" and not self.judge_model:
             raise ValueError('dpo.judge: "rm" needs dpo.judge_model (a reward model\'s folder)')
         return self
