@@ -13,9 +13,9 @@ demo: $(STAMP)
 	rm -rf runs/demo runs/demo-sft runs/demo-rm
 	$(VENV)/bin/tandem pipeline configs/demo.yaml
 
-# Two pytest workers, each with its own local Ray: one test file alone leaves a core idle about a
-# third of the time (roles start and generate on one thread each). More workers than cores only
-# multiply memory (each end-to-end job is several processes).
+# Two pytest workers, each with its own local Ray: one test file alone keeps the two cores only
+# 62-70% busy (roles start and generate on one thread each). More workers than cores only multiply
+# memory (each end-to-end job is several processes).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
