@@ -289,10 +289,10 @@ class RewardScorer:
     def score_draws(self, prompts: Sequence[Prompt], *parts: SampleBatch) -> RewardResult:
         """`score` of the engines' answers to one request (`parts` in request order; a Ray call given
         their refs runs as soon as they are drawn), `prompts` being the request's prompts."""
-        from tandem.actors.samples import SampleBatch
-
-        drawn = SampleBatch.concat(parts)
-        return self.score([prompts[i] for i in drawn.prompt_index.tolist()], drawn.texts)
+        # Texts and prompt indices only, not `SampleBatch.concat`: its padding (`tandem.models.rows`)
+        # imports torch, 2 s of CPU in a scorer of functions that never needs it.
+        indices = [i for part in parts for i in part.prompt_index.tolist()]
+        return self.score([prompts[i] for i in indices], [t for part in parts for t in part.texts])
 
 
 def make_reward_actor(
