@@ -15,10 +15,11 @@ demo: $(STAMP)
 
 # Two pytest workers, each with its own local Ray: one test file alone keeps the two cores only
 # 62-70% busy (roles start and generate on one thread each). More workers than cores only multiply
-# memory (each end-to-end job is several processes).
+# memory (each end-to-end job is several processes). Files go to workers in collection order
+# (tests/conftest.py puts the longest first), not xdist's by number of tests.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py

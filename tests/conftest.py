@@ -23,6 +23,16 @@ from tandem.cluster.runtime import setup_env
 setup_env()
 
 
+#: The two longest files (5-6 min each under `make test`'s two workers) go first, so xdist's first two
+#: work units (`--dist loadfile --no-loadscope-reorder`) put one on each worker and the short files
+#: fill in around them, instead of one worker running a long file alone at the end.
+LONGEST = ("tests/faults/test_kill.py", "tests/recipes/test_ppo.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST)  # stable: the rest keep order
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray (8 logical CPUs: actors mostly wait on each other) shared by this process's tests."""
