@@ -46,7 +46,7 @@ class FaultyRoles(Roles):
         self._read_pids()
         self._step = 0
         for fault in self.faults.get(self.cfg.run.name, []):
-            if fault.detected_at is not None and fault.restarted_at is None:
+            if fault.detected_at is not None and fault.healed_at is None and fault.restarted_at is None:
                 fault.restarted_at = time.time()
         FaultyRoles.made.append(self)
 

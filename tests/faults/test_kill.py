@@ -1,7 +1,7 @@
 """kill -9 of a real process mid-run: a rollout engine (mid-generation, and idle before a weight
-sync), the reward and the reference actor, one rank of a ZeRO-3 policy group of 2 (in-process
-driver, `tandem.recipes.ppo.run`), and the driver itself between steps (the CLI in a subprocess, then
-`--resume`). Each job finishes its steps, logs each step once, and ends with the per-step metrics,
+sync), the reward and the reference actor, then one rank of a ZeRO-3 policy group of 2, all in one
+job (in-process driver, `tandem.recipes.ppo.run`), and the driver itself between steps (the CLI in a
+subprocess, then `--resume`). Each job finishes its steps, logs each step once, and ends with the per-step metrics,
 samples and final weights of an uninterrupted run with the same seeds. Engines and the reward and
 reference actors heal in place (no job restart): a new engine gets the current weights and version
 before it draws the lost prompts again with their own seeds, so it draws the same samples. A dead
@@ -53,7 +53,7 @@ JOB = [
     "rollout.threads=1",
     "rollout.kv_cache_mb=32",
     "rollout.max_num_seqs=32",
-    # Small shares: the three jobs run at once in the tests' 8-CPU Ray (threads are fixed above).
+    # Small shares: the two jobs run at once in the tests' 8-CPU Ray (threads are fixed above).
     "rollout.cpus_per_engine=0.5",
     "learner.cpus_per_rank=0.5",
     "reward.cpus=0.25",
@@ -62,17 +62,16 @@ JOB = [
     "reward.components=[{kind: function, name: short, path: 'tests.recipes.rewards:short_answer_but_nan'}]",
 ]
 KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean", "actor/grad_norm")
-#: run name -> the faults it gets, healed in place: the reference actor mid-score of step 1, the reward
+#: run name -> the faults it gets. Healed in place: the reference actor mid-score of step 1, the reward
 #: actor mid-score of step 2, the engine idle during step 2's update (found dead by the weight sync,
 #: which loads its replacement), its replacement mid-generation of step 3 (the next replacement loads
-#: the step-2 weights, then draws the lost prompts). Restarted: policy rank 1 mid-update of step 3,
-#: its ZeRO-3 peer blocked in a collective with it (every role, from the step-2 checkpoint).
+#: the step-2 weights, then draws the lost prompts). Then, that step healed, it restarts: policy rank 1
+#: mid-update of step 3, its ZeRO-3 peer blocked in a collective with it (every role, from the step-2
+#: checkpoint). One job, as `bench/faults.py` runs them: a third job running beside the others cost
+#: ~75 s of the suite's CPU.
 FAULTS = {
-    "actors": [("reference", 1), ("reward", 2), ("engine:idle", 2), ("engine", 3)],
-    "learner": [("policy:1", 3)],
+    "killed": [("reference", 1), ("reward", 2), ("engine:idle", 2), ("engine", 3), ("policy:1", 3)],
 }
-#: run name -> (job restarts, engines healed, reward/reference actors healed).
-RECOVERY = {"straight": (0, 0, 0), "actors": (0, 2, 2), "learner": (1, 0, 0)}
 ROLE_CLASSES = ("RolloutEngine", "RewardScorer", "ReferenceModel", "PolicyLearner", "CriticLearner")
 
 
@@ -113,34 +112,37 @@ def _wait_gone(what, timeout_s: float = 30.0) -> list:
 
 @pytest.fixture(scope="module")
 def killed(ray_session, tmp_path_factory):
-    """The uninterrupted run and the killed ones, all at once; returns (root, summaries)."""
+    """The uninterrupted run and the killed one, at once; returns (root, summaries)."""
     from tests.recipes.test_ppo import _warm_imports
 
     root = tmp_path_factory.mktemp("faults")
     FaultyRoles.faults = {name: [Fault(*f) for f in faults] for name, faults in FAULTS.items()}
     _warm_imports()
-    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(3) as pool:
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(2) as pool:
         mp.setattr(ppo, "Roles", FaultyRoles)
         runs = {name: pool.submit(ppo.run, _cfg(root, name)) for name in ("straight", *FAULTS)}
         summaries = {name: run.result() for name, run in runs.items()}
     return root, summaries
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
-def test_a_killed_role_heals_to_the_uninterrupted_run(killed, name):
+def test_killed_roles_heal_or_restart_to_the_uninterrupted_run(killed):
     root, summaries = killed
-    restarts, engines, actors = RECOVERY[name]
+    name = "killed"
     for fault in FaultyRoles.faults[name]:
-        recovered = fault.healed_at if not restarts else fault.restarted_at
+        recovered = fault.restarted_at if fault.target.startswith("policy:") else fault.healed_at
         assert None not in (fault.killed_at, fault.detected_at, recovered), fault
-    assert summaries[name]["steps"] == STEPS and summaries[name]["restarts"] == restarts
+    assert summaries[name]["steps"] == STEPS and summaries[name]["restarts"] == 1
     assert summaries["straight"]["restarts"] == 0
     rows, straight = _rows(root / name), _rows(root / "straight")
     assert [r["step"] for r in rows] == [r["step"] for r in straight] == list(range(1, STEPS + 1))
     for row, expected in zip(rows, straight):
         assert {k: row.get(k) for k in KEYS} == {k: expected.get(k) for k in KEYS}, row["step"]
-    last = rows[-1]
-    assert (last["faults/engine_restarts"], last["faults/actor_restarts"]) == (engines, actors)
+    # Each row counts the heals of the roles it ran with. Step 2's: the idle engine (found dead by
+    # that step's sync) and one or both single actors (one that answered before its kill is found
+    # dead by the next step's call). Step 3's, redone by the roles restarted from the checkpoint: none.
+    engines, actors = zip(*[(r["faults/engine_restarts"], r["faults/actor_restarts"]) for r in rows])
+    assert engines == (0, 1, 0) and actors[1] >= 1 and actors[2] == 0, (engines, actors)
+    assert all(r["faults/engine_restarts"] == r["faults/actor_restarts"] == 0 for r in straight)
     # One samples table per step (the recomputed ones not twice), each the uninterrupted run's: the
     # prompts drawn again by a new engine got the samples the killed one would have drawn.
     tables = [line for line in (root / name / "samples.jsonl").read_text().splitlines() if line]
@@ -168,7 +170,7 @@ def test_nothing_is_left_behind(killed):
     assert not live
     # Every role of every attempt (the killed ones' first attempts included) was stopped.
     made = [r.cfg.run.name for r in FaultyRoles.made]
-    assert {name: made.count(name) for name in FAULTS} == {n: 1 + RECOVERY[n][0] for n in FAULTS}
+    assert (made.count("straight"), made.count("killed")) == (1, 2)  # the killed job restarted once
 
 
 def test_driver_killed_between_steps_resumes_to_the_uninterrupted_run(killed, tmp_path):
