@@ -150,19 +150,12 @@ LEARNING = [
 @pytest.fixture(scope="module")
 def learn(ray_session, recording, tmp_path_factory):
     """One engine x one policy rank, GRPO, LEARN_STEPS steps at a learning rate that shows progress
-    within them ("straight"); and the same job stopped after STOP_AT steps, then resumed ("halves").
-    The straight run and the first half run at once (they share the waits). Returns the root folder."""
+    within them. Returns the root folder. (A synchronous job stopped and resumed is
+    tests/faults/test_kill.py's, killed and restarted, against an uninterrupted one.)"""
     root = tmp_path_factory.mktemp("ppo")
-    straight, halves = _cfg(root, "straight", *LEARNING), _cfg(root, "halves", *LEARNING)
     _warm_imports()
-    with ThreadPoolExecutor(2) as pool:
-        full = pool.submit(ppo.run, straight)
-        first = pool.submit(ppo.run, halves, None, STOP_AT)
-        summary, stopped = full.result(), first.result()
+    summary = ppo.run(_cfg(root, "straight", *LEARNING))
     assert summary["steps"] == LEARN_STEPS and "final_model" in summary
-    assert stopped == {**stopped, "steps": STOP_AT, "stopped_at": STOP_AT} and "final_model" not in stopped
-    resumed = ppo.run(halves, resume_dir=str(root / "halves"))
-    assert resumed["steps"] == LEARN_STEPS and "final_model" in resumed
     return root
 
 
@@ -183,32 +176,16 @@ def test_one_engine_one_rank(learn, recording):
     )
 
 
-def test_stop_and_resume_equals_straight_run(learn, recording):
-    # The resumed job pushed the checkpoint's weights to its fresh engine before sampling (version 1).
-    (_, resumed) = _roles(recording, "halves")
-    assert resumed.synced == [[v] for v in range(1, LEARN_STEPS - STOP_AT + 2)]
-    a, b = _rows(learn / "straight"), _rows(learn / "halves")
-    assert sorted(a) == sorted(b) == list(range(1, LEARN_STEPS + 1))
-    # Sampling is seeded by step, minibatches are shuffled by the driver's checkpointed RNG, and every
-    # learner's weights, optimizer, schedule and RNG come back from the checkpoint: the runs agree
-    # to the last bit.
-    for step in a:
-        assert {k: b[step][k] for k in RESUME_KEYS} == {k: a[step][k] for k in RESUME_KEYS}, step
-    assert a[STOP_AT + 1]["reward/mean"] != a[STOP_AT]["reward/mean"]  # fresh samples after the resume
-    wa, wb = _final_weights(learn / "straight"), _final_weights(learn / "halves")
-    assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
-    # DeepSpeed's optimizer state is sharded by rank: another policy layout is refused up front.
-    other = _cfg(learn, "halves", *LEARNING, "learner.world_size=2")
-    with pytest.raises(UserError, match="was saved with learner"):
-        ppo.run(other, resume_dir=str(learn / "halves"))
+#: LEARNING, asynchronous: the engines draw one batch ahead, and TIS corrects for it.
+ASYNC = [*LEARNING, "ppo.max_staleness=1", "ppo.off_policy=tis"]
 
 
 @pytest.fixture(scope="module")
 def learn_async(ray_session, recording, tmp_path_factory):
-    """As `learn`, asynchronous: the engines draw one batch ahead (ppo.max_staleness=1, TIS)."""
+    """As `learn`, asynchronous (ASYNC) ("straight"); and the same job stopped after STOP_AT steps,
+    then resumed ("halves"). The straight run and the first half run at once (they share the waits)."""
     root = tmp_path_factory.mktemp("ppo_async")
-    extra = [*LEARNING, "ppo.max_staleness=1", "ppo.off_policy=tis"]
-    straight, halves = _cfg(root, "straight", *extra), _cfg(root, "halves", *extra)
+    straight, halves = _cfg(root, "straight", *ASYNC), _cfg(root, "halves", *ASYNC)
     _warm_imports()
     with ThreadPoolExecutor(2) as pool:
         full = pool.submit(ppo.run, straight)
@@ -239,15 +216,25 @@ def test_async_samples_are_one_version_behind_and_corrected(learn, learn_async, 
     assert roles.beside == [("policy", 3)] * (LEARN_STEPS - 1) + [("policy", 0)]
 
 
-def test_async_stop_and_resume_equals_straight_run(learn_async):
-    # The batch drawn ahead at the stop is kept in the checkpoint: the weights it came from are gone.
+def test_async_stop_and_resume_equals_straight_run(learn_async, recording):
+    # The resumed job pushed the checkpoint's weights to its fresh engine before sampling (version 1).
+    (_, resumed) = _roles(recording, "halves")
+    assert resumed.synced == [[v] for v in range(1, LEARN_STEPS - STOP_AT + 2)]
+    # Sampling is seeded by step, minibatches are shuffled by the driver's checkpointed RNG, every
+    # learner's weights, optimizer, schedule and RNG come back from the checkpoint, and so does the
+    # batch drawn ahead at the stop (the weights it came from are gone): the runs agree to the bit.
     a, b = _rows(learn_async / "straight"), _rows(learn_async / "halves")
     assert sorted(a) == sorted(b) == list(range(1, LEARN_STEPS + 1))
     for step in a:
         keys = (*RESUME_KEYS, "offpolicy/is_ratio_mean", "offpolicy/staleness_mean")
         assert {k: b[step][k] for k in keys} == {k: a[step][k] for k in keys}, step
+    assert a[STOP_AT + 1]["reward/mean"] != a[STOP_AT]["reward/mean"]  # fresh samples after the resume
     wa, wb = _final_weights(learn_async / "straight"), _final_weights(learn_async / "halves")
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+    # DeepSpeed's optimizer state is sharded by rank: another policy layout is refused up front.
+    other = _cfg(learn_async, "halves", *ASYNC, "learner.world_size=2")
+    with pytest.raises(UserError, match="was saved with learner"):
+        ppo.run(other, resume_dir=str(learn_async / "halves"))
 
 
 def test_async_learns_like_sync(learn, learn_async):
