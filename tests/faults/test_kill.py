@@ -67,8 +67,8 @@ KEYS = ("reward/mean", "actor/pg_loss", "kl/mean", "rollout/response_length/mean
 #: which loads its replacement), its replacement mid-generation of step 3 (the next replacement loads
 #: the step-2 weights, then draws the lost prompts). Then, that step healed, it restarts: policy rank 1
 #: mid-update of step 3, its ZeRO-3 peer blocked in a collective with it (every role, from the step-2
-#: checkpoint). One job, as `bench/faults.py` runs them: a third job running beside the others cost
-#: ~75 s of the suite's CPU.
+#: checkpoint). One job, as `bench/faults.py` runs them: a third job beside the others took the file
+#: from 482 to 552 s of CPU.
 FAULTS = {
     "killed": [("reference", 1), ("reward", 2), ("engine:idle", 2), ("engine", 3), ("policy:1", 3)],
 }
