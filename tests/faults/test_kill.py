@@ -1,13 +1,13 @@
 """kill -9 of a real process mid-run: a rollout engine (mid-generation, and idle before a weight
 sync), the reward and the reference actor, then one rank of a ZeRO-3 policy group of 2, all in one
 job (in-process driver, `tandem.recipes.ppo.run`), and the driver itself between steps (the CLI in a
-subprocess, then `--resume`). Each job finishes its steps, logs each step once, and ends with the per-step metrics,
-samples and final weights of an uninterrupted run with the same seeds. Engines and the reward and
-reference actors heal in place (no job restart): a new engine gets the current weights and version
-before it draws the lost prompts again with their own seeds, so it draws the same samples. A dead
-learner rank restarts every role from the newest checkpoint, which resumes exactly, so the steps
-after it are computed again identically. Nothing is left behind: no role's process, no placement
-group.
+subprocess, then `--resume`). Each job finishes its steps, logs each step once, and ends with the
+per-step metrics, samples and final weights of an uninterrupted run with the same seeds. Engines and
+the reward and reference actors heal in place (no job restart): a new engine gets the current weights
+and version before it draws the lost prompts again with their own seeds, so it draws the same
+samples. A dead learner rank restarts every role from the newest checkpoint, which resumes exactly,
+so the steps after it are computed again identically. Nothing is left behind: no role's process, no
+placement group.
 """
 
 from __future__ import annotations
