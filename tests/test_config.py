@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -277,9 +278,14 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
     runs = {job: [job, f"configs/{job}.yaml", *common, "run.name=done"] for job in ("sft", "ppo")}
     runs["bad row"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
     runs["no model"] = ["rm", "configs/rm.yaml", *common, "run.name=new", "model.path=runs/none/final"]
+    # A mistyped local folder reads as a hub name ('owner/name'); offline, the hub answers at once.
+    runs["no folder"] = ["sft", "configs/sft.yaml", *common, "run.name=new", "model.path=models/none"]
+    runs["a run folder"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"model.path={tmp_path}/done"]
     expected = {
         "bad row": f"{bad}: row 2: column 'prompt' is missing",
         "no model": "no model at 'runs/none/final': no such folder, and not a hub name",
+        "no folder": f"no model at 'models/none': no such folder here ({REPO}), and the hub did not give one",
+        "a run folder": f"no model in '{tmp_path}/done': it holds no config.json",
     }
     procs = {
         name: subprocess.Popen(
@@ -288,6 +294,7 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         for name, argv in runs.items()
     }

@@ -5,15 +5,42 @@ Every loader goes through `resolve_model`, so "tiny-qwen2" works wherever a chec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from tandem.errors import UserError
 from tandem.models.tiny import resolve_model
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+T = TypeVar("T")
+_WHAT_IS_A_MODEL = (
+    "a model path (model.path, a reward model's path) is an HF save (config.json, weights, tokenizer: "
+    "a run's final/, say), an embedded model or a hub name"
+)
+
+
+def _from_pretrained(path: str, load: Callable[[str], T]) -> T:
+    """`load(path)`, with a model that is not there told as the user's mistake, in one paragraph: a
+    folder without an HF save in it (a run's folder, not its final/), or a path that is no folder
+    here and that the hub did not give (a mistyped local folder such as `models/sft` reads as the
+    hub name 'owner/name', and transformers' answer is a traceback about connecting to the hub)."""
+    folder = Path(path)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise UserError(f"no model in {path!r}: it holds no config.json; {_WHAT_IS_A_MODEL}")
+    try:
+        return load(path)
+    except OSError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        where = (
+            "" if folder.is_dir() else f"no such folder here ({Path.cwd()}), and the hub did not give one: "
+        )
+        raise UserError(f"no model at {path!r}: {where}{reason}; {_WHAT_IS_A_MODEL}") from None
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -37,7 +64,7 @@ def load_tokenizer(path: str, padding_side: Literal["left", "right"] = "left") -
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(path))
+    tokenizer = _from_pretrained(resolve_model(path), AutoTokenizer.from_pretrained)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -52,7 +79,7 @@ def _head_config(path: str, **overrides: Any) -> Any:
     """The checkpoint's config set up for a 1-output head, with the tokenizer's pad id."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    config = _from_pretrained(path, AutoConfig.from_pretrained)
     config.num_labels = 1
     config.pad_token_id = load_tokenizer(path).pad_token_id
     for key, value in overrides.items():
@@ -66,7 +93,10 @@ def load_causal_lm(path: str, dtype: Dtype | torch.dtype = "float32", **kwargs: 
     """A causal LM (the policy, or the reference model) in `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model(path), dtype=_torch_dtype(dtype), **kwargs)
+    return _from_pretrained(
+        resolve_model(path),
+        lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=_torch_dtype(dtype), **kwargs),
+    )
 
 
 def load_reward_model(path: str, dtype: Dtype | torch.dtype = "float32", **kwargs: Any) -> PreTrainedModel:
