@@ -45,6 +45,16 @@ def samples(group, prompt_ids) -> list[Sample]:
     return group.generate(prompt_ids, n=3)
 
 
+@pytest.fixture(scope="module")
+def reference(ray_session):
+    """The frozen reference in its own actor, as PPO starts it."""
+    from tandem.actors.reference import make_reference_actor
+
+    ref = make_reference_actor(CFG, cpus=0.5)
+    yield ref
+    ray_session.kill(ref)
+
+
 def test_split_is_contiguous_and_balanced():
     assert _split(7, 3) == [(0, 3), (3, 5), (5, 7)]
     assert _split(1, 2) == [(0, 1), (1, 1)]
@@ -72,10 +82,9 @@ def test_samples_are_prompt_major_and_complete(samples, prompt_ids, tokenizer):
     )
 
 
-def test_rollout_logprobs_match_reference_actor(ray_session, samples):
+def test_rollout_logprobs_match_reference_actor(ray_session, samples, reference):
     """The sampler's logprobs equal a transformers forward over the same tokens (the frozen reference
     in its own actor), token for token: the premise of PPO's importance ratio on CPU float32."""
-    from tandem.actors.reference import make_reference_actor
     from tandem.models import load_tokenizer
     from tandem.models.rows import Rows
 
@@ -84,21 +93,20 @@ def test_rollout_logprobs_match_reference_actor(ray_session, samples):
         [s.response_ids for s in samples],
         load_tokenizer("tiny-qwen2").pad_token_id,
     )
-    ref = make_reference_actor(CFG, cpus=0.5)
-    ref_lp = ray_session.get(ref.logprobs.remote(ray_session.put(rows)))  # from the object store, as in PPO
-    ray_session.kill(ref)
+    ref_lp = ray_session.get(reference.logprobs.remote(ray_session.put(rows)))  # via the object store, as PPO
     assert ref_lp.shape == tuple(rows["mask"].shape)
     worst = max(abs(a - b) for s, r in zip(samples, ref_lp) for a, b in zip(s.logprobs, r))
     assert worst < 1e-4
     assert (ref_lp[rows["mask"].numpy() == 0] == 0).all()  # padding stays 0
 
 
-def test_scoring_chained_on_the_draws_equals_scoring_the_batch(ray_session, group, prompt_ids, tokenizer):
+def test_scoring_chained_on_the_draws_equals_scoring_the_batch(
+    ray_session, group, prompt_ids, tokenizer, reference
+):
     """PPO hands the reference and reward actors the engines' answers as refs, before they are drawn
     (Ray runs the calls once they are): the same numbers as the driver's batch scored afterwards."""
     import numpy as np
 
-    from tandem.actors.reference import make_reference_actor
     from tandem.actors.reward import make_reward_actor
     from tandem.models.rows import Rows
     from tandem.recipes.ppo_batch import Generation
@@ -111,17 +119,22 @@ def test_scoring_chained_on_the_draws_equals_scoring_the_batch(ray_session, grou
     request = group.submit("draw", prompt_ids, n=2, seed=5)
     draws = [share.ref for share in request.shares]
     assert len(draws) == 2  # both engines' answers, in request order
-    ref, reward = make_reference_actor(cfg, cpus=0.5), make_reward_actor(cfg)
-    chained = [ref.logprobs_of_draws.remote(prompt_ids, *draws), reward.score_draws.remote(PROMPTS, *draws)]
+    reward = make_reward_actor(cfg)
+    chained = [
+        reference.logprobs_of_draws.remote(prompt_ids, *draws),
+        reward.score_draws.remote(PROMPTS, *draws),
+    ]
     batch = Generation(1, prompt_ids, PROMPTS, request=request).batch()
     rows = Rows.from_ids(batch.prompt_ids, batch.responses_ids(), tokenizer.pad_token_id)
-    direct = [ref.logprobs.remote(ray_session.put(rows)), reward.score.remote(batch.prompts, batch.responses)]
+    direct = [
+        reference.logprobs.remote(ray_session.put(rows)),
+        reward.score.remote(batch.prompts, batch.responses),
+    ]
     (ref_chained, reward_chained), (ref_direct, reward_direct) = (
         ray_session.get(chained),
         ray_session.get(direct),
     )
-    for actor in (ref, reward):
-        ray_session.kill(actor)
+    ray_session.kill(reward)
     assert np.array_equal(ref_chained, ref_direct) and ref_direct.shape == tuple(batch.mask.shape)
     assert reward_chained == reward_direct and len(reward_direct.total) == 2 * len(PROMPTS)
     assert len(set(reward_direct.total)) > 1  # real scores of real answers, not a constant

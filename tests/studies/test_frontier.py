@@ -10,6 +10,7 @@ import pytest
 
 from tandem.config import load_config
 from tandem.studies import frontier
+from tests.studies.toy import random_reward_model
 
 pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
 
@@ -22,15 +23,7 @@ DPO_TOY = [
 
 
 def test_frontier_has_every_arm_finite_and_the_plot(ray_session, tmp_path):
-    import torch
-
-    from tandem.models import load_reward_model, load_tokenizer
-
-    # A fixed random reward model stands in for the study's: training one is the RM recipe's test.
-    rm_dir = tmp_path / "rm-model"
-    torch.manual_seed(0)
-    load_reward_model("tiny-qwen2").save_pretrained(rm_dir)
-    load_tokenizer("tiny-qwen2").save_pretrained(rm_dir)
+    rm_dir = random_reward_model(tmp_path / "rm-model")
     dpo_arms = {
         "offline": ["dpo.pairs=task", "train.max_steps=2", *DPO_TOY],
         "online-dpop": ["dpo.judge=rm", "dpo.dpop_lambda=50", "train.max_steps=2", *DPO_TOY],

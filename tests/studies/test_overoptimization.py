@@ -10,7 +10,7 @@ import pytest
 from tandem.config import load_config
 from tandem.studies import overoptimization
 from tandem.studies.common import run_study
-from tests.studies.toy import all_finite, study_overrides
+from tests.studies.toy import all_finite, random_reward_model, study_overrides
 
 pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed processes
 
@@ -18,6 +18,12 @@ pytestmark = pytest.mark.slow  # end to end: real Ray, vLLM and DeepSpeed proces
 def test_overoptimization_study_traces_points_along_each_run(ray_session, tmp_path, capsys):
     arms = {"kl-0.01": ["ppo.kl_coef=0.01"]}  # one arm: the points along it are what is new here
     overrides = [*study_overrides(tmp_path, "sort", arms), "ppo.save_every=1", "study.checkpoints=true"]
+    # The stages are the length study's to train: this one starts from the embedded model and a fixed
+    # random reward model (two learner jobs fewer).
+    overrides += [
+        "study.sft_model=tiny-qwen2",
+        f"study.rm_model={random_reward_model(tmp_path / 'rm-model')}",
+    ]
     result = run_study("overoptimization", load_config(None, [*overrides, "run.keep_checkpoints=5"]))
     printed = capsys.readouterr().out
     folder = tmp_path / "study"

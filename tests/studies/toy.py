@@ -53,3 +53,16 @@ def study_overrides(tmp_path: Path, task: str, arms: dict[str, list[str]]) -> li
 def all_finite(rows: list[list]) -> bool:
     """Every number of the table's rows is finite (blank cells are the empty string)."""
     return all(math.isfinite(v) for row in rows for v in row if isinstance(v, (int, float)))
+
+
+def random_reward_model(folder: Path) -> str:
+    """A fixed random reward model on tiny-qwen2, saved to `folder`: what a study test starts from
+    when the stages are not what it tests (training them is the length study's and the recipes')."""
+    import torch
+
+    from tandem.models import load_reward_model, load_tokenizer
+
+    torch.manual_seed(0)
+    load_reward_model("tiny-qwen2").save_pretrained(folder)
+    load_tokenizer("tiny-qwen2").save_pretrained(folder)
+    return str(folder)
