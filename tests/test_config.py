@@ -270,19 +270,23 @@ def test_eval_reward_is_imported_when_the_job_loads(tmp_path):
 
 def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_starts(tmp_path):
     """Every job that trains checks its run folder (and SFT, RM and PPO their data and model) before
-    starting a local Ray (10 s here), so the mistake is told at once; nothing is written."""
+    starting a local Ray (10 s here), so the mistake is told at once; nothing is written. The
+    pipeline checks all three stages' before its first trains."""
     (tmp_path / "done" / "checkpoints" / "step_000001").mkdir(parents=True)
     bad = write(tmp_path, "bad.jsonl", '{"prompt": "sort 3 1 2"}\n{"question": "where is the prompt"}\n')
     common = [f"run.output_dir={tmp_path}", "wandb.mode=disabled"]
     # rm and dpo enter Ray through the same `job_cluster`.
     runs = {job: [job, f"configs/{job}.yaml", *common, "run.name=done"] for job in ("sft", "ppo")}
     runs["bad row"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
+    # The pipeline reads its third stage's prompts before its first stage trains.
+    runs["pipeline"] = ["pipeline", "configs/demo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
     runs["no model"] = ["rm", "configs/rm.yaml", *common, "run.name=new", "model.path=runs/none/final"]
     # A mistyped local folder reads as a hub name ('owner/name'); offline, the hub answers at once.
     runs["no folder"] = ["sft", "configs/sft.yaml", *common, "run.name=new", "model.path=models/none"]
     runs["a run folder"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"model.path={tmp_path}/done"]
     expected = {
         "bad row": f"{bad}: row 2: column 'prompt' is missing",
+        "pipeline": f"{bad}: row 2: column 'prompt' is missing",
         "no model": "no model at 'runs/none/final': no such folder, and not a hub name",
         "no folder": f"no model at 'models/none': no such folder here ({REPO}), and the hub did not give one",
         "a run folder": f"no model in '{tmp_path}/done': it holds no config.json",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,47 @@ def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, 
     return {name: e.metrics for name, e in results.items()}
 
 
-def run(cfg: Config) -> dict[str, Any]:
+@dataclass
+class Inputs:
+    """What the three stages read before they train."""
+
+    sft: tuple[list[dict], list[dict]]  # `tandem.recipes.sft.load_data`
+    rm: tuple[list[dict], list[dict], list[dict]]  # `tandem.recipes.rm.load_data`
+    prompts: list[str | list[dict]]  # PPO's
+
+
+def read_inputs(cfg: Config) -> Inputs:
+    """Every stage's job file, run folder and data, checked (and the data read) before Ray starts and
+    before any stage trains: a bad row of the preference pairs or of the prompts, a finished PPO run
+    folder or PPO batch sizes that contradict each other would otherwise be told only after the
+    stages before it trained. The SFT model keeps its base's tokenizer, so the RM's rows (from the SFT
+    model, `pipeline.rm_from_sft`) and PPO's prompts are tokenized here with the base's."""
+    from tandem.data.records import load_prompts
+    from tandem.recipes import rm, sft
+    from tandem.recipes.ppo_config import ppo_job_config
+    from tandem.recipes.run_dir import check_run_dir
+
+    sft_cfg = stage_config(cfg, cfg.pipeline.sft_config, "sft")
+    sft_base = (f"model.path={sft_cfg.model.path}",)
+    rm_cfg = stage_config(cfg, cfg.pipeline.rm_config, "rm", sft_base if cfg.pipeline.rm_from_sft else ())
+    ppo_cfg = ppo_job_config(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": sft_cfg.model.path})})
+    )
+    for job in (sft_cfg, rm_cfg, cfg):
+        check_run_dir(job)
+    return Inputs(sft.load_data(sft_cfg), rm.load_data(rm_cfg), load_prompts(ppo_cfg))
+
+
+def run(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
+    """The three stages, then the held-out comparison; `inputs`: `read_inputs(cfg)`, read if None."""
     from tandem.models import resolve_model
     from tandem.recipes import ppo, rm, sft
     from tandem.report import write_report
 
-    sft_model = sft.run(stage_config(cfg, cfg.pipeline.sft_config, "sft"))["final_model"]
+    inputs = inputs or read_inputs(cfg)
+    sft_model = sft.run(stage_config(cfg, cfg.pipeline.sft_config, "sft"), data=inputs.sft)["final_model"]
     rm_init = (f"model.path={sft_model}",) if cfg.pipeline.rm_from_sft else ()
-    rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm", rm_init))["final_model"]
+    rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm", rm_init), data=inputs.rm)["final_model"]
     # PPO's own before/after table is skipped: the comparison below holds it, on more prompts.
     ppo_cfg = cfg.model_copy(
         update={
@@ -60,7 +94,7 @@ def run(cfg: Config) -> dict[str, Any]:
             "train": cfg.train.model_copy(update={"num_generate_eval": 0}),
         }
     )
-    ppo_summary = ppo.run(ppo_cfg, rm_path=rm_model)
+    ppo_summary = ppo.run(ppo_cfg, rm_path=rm_model, prompts=inputs.prompts)
     policies = {"base": resolve_model(cfg.model.path), "sft": sft_model, "ppo": ppo_summary["final_model"]}
     results = compare(cfg, policies, reference=sft_model)
     run_dir = ppo_summary["run_dir"]
@@ -75,6 +109,7 @@ def run(cfg: Config) -> dict[str, Any]:
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from tandem.recipes.ppo_roles import Roles
 
+    inputs = read_inputs(cfg)  # before Ray starts
     with ray_cluster(cfg, num_cpus=Roles.cpus_needed(cfg)):
-        run(cfg)
+        run(cfg, inputs)
     return 0

@@ -23,7 +23,7 @@ from tandem.config import Config
 from tandem.data.records import BatchOrder, load_prompts
 from tandem.learners.finite import RewardGuard
 from tandem.recipes.ppo_batch import Generation, RolloutBatch, compute_advantages, rollout_metrics
-from tandem.recipes.ppo_config import needs_critic, ppo_learner_config
+from tandem.recipes.ppo_config import ppo_job_config
 from tandem.recipes.ppo_roles import Roles
 from tandem.recipes.restarts import Restarts
 from tandem.recipes.run_dir import Run, finish_run, job_cluster, layout, start_run
@@ -221,16 +221,18 @@ def _throughput(batch: RolloutBatch, t: dict[str, float]) -> dict[str, float]:
 
 
 def run(
-    cfg: Config, resume_dir: str | None = None, stop_after: int | None = None, rm_path: str | None = None
+    cfg: Config,
+    resume_dir: str | None = None,
+    stop_after: int | None = None,
+    rm_path: str | None = None,
+    *,
+    prompts: list[str | list[dict]] | None = None,
 ) -> dict[str, Any]:
-    """The whole PPO job; returns its summary (also `<run_dir>/summary.json`)."""
-    cfg = cfg.model_copy(
-        update={
-            "learner": ppo_learner_config(cfg, "learner"),
-            **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {}),
-        }
-    )
-    prompts = load_prompts(cfg)  # first: a bad row fails before Ray starts or the run folder is touched
+    """The whole PPO job; returns its summary (also `<run_dir>/summary.json`). `prompts`: already
+    read (`tandem.recipes.pipeline` reads every stage's data before any stage trains)."""
+    cfg = ppo_job_config(cfg)
+    if prompts is None:  # first: a bad row fails before Ray starts or the run folder is touched
+        prompts = load_prompts(cfg)
     with job_cluster(cfg, resume_dir, Roles.cpus_needed(cfg)):
         return _run_job(cfg, prompts, resume_dir, stop_after, rm_path)
 

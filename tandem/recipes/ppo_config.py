@@ -57,6 +57,17 @@ def ppo_learner_config(cfg: Config, section: Literal["learner", "critic"]) -> Le
     return learner.model_copy(update={"global_batch_size": minibatch, "micro_batch_size": micro})
 
 
+def ppo_job_config(cfg: Config) -> Config:
+    """`cfg` with the learner's (and the critic's, when there is one) batch sizes derived from the
+    `ppo` section (`ppo_learner_config`); UserError where they contradict it."""
+    return cfg.model_copy(
+        update={
+            "learner": ppo_learner_config(cfg, "learner"),
+            **({"critic": ppo_learner_config(cfg, "critic")} if needs_critic(cfg) else {}),
+        }
+    )
+
+
 def needs_critic(cfg: Config) -> bool:
     """Whether the job trains a critic: its advantage estimator reads values."""
     return get_adv_est(cfg.ppo.advantage).needs_critic

@@ -49,13 +49,20 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
     )
 
 
-def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """The whole reward-model job; returns its summary (also in `<run_dir>/summary.json`)."""
+def run(
+    cfg: Config,
+    resume_dir: str | None = None,
+    stop_after: int | None = None,
+    *,
+    data: tuple[list[dict], list[dict], list[dict]] | None = None,
+) -> dict[str, Any]:
+    """The whole reward-model job; returns its summary (also in `<run_dir>/summary.json`). `data`:
+    already read by `load_data` (`tandem.recipes.pipeline` reads every stage's before any trains)."""
     from tandem.learners import RewardLearner
     from tandem.models import resolve_model
 
     # Data first: a bad row or an over-long prompt then fails before Ray or the run folder is touched.
-    train, held_out, held_out_true = load_data(cfg)
+    train, held_out, held_out_true = data or load_data(cfg)
 
     def held_out_losses(group: ActorGroup) -> dict[str, float]:
         return {**eval_loss(group, held_out), **eval_loss(group, held_out_true, "eval/true_")}

@@ -25,13 +25,20 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
-def run(cfg: Config, resume_dir: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """The whole SFT job; returns its summary (also in `<run_dir>/summary.json`)."""
+def run(
+    cfg: Config,
+    resume_dir: str | None = None,
+    stop_after: int | None = None,
+    *,
+    data: tuple[list[dict], list[dict]] | None = None,
+) -> dict[str, Any]:
+    """The whole SFT job; returns its summary (also in `<run_dir>/summary.json`). `data`: already
+    read by `load_data` (`tandem.recipes.pipeline` reads every stage's before any stage trains)."""
     from tandem.learners import SFTLearner
     from tandem.models import resolve_model
 
     # Data first: a bad row or an over-long prompt then fails before Ray or the run folder is touched.
-    train, held_out = load_data(cfg)
+    train, held_out = data or load_data(cfg)
     with job_cluster(cfg, resume_dir):
         run = start_run(cfg, "sft", resume_dir)
         model_path = resolve_model(cfg.model.path)
