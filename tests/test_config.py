@@ -278,8 +278,20 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
     # rm and dpo enter Ray through the same `job_cluster`.
     runs = {job: [job, f"configs/{job}.yaml", *common, "run.name=done"] for job in ("sft", "ppo")}
     runs["bad row"] = ["ppo", "configs/ppo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
-    # The pipeline reads its third stage's prompts before its first stage trains.
-    runs["pipeline"] = ["pipeline", "configs/demo.yaml", *common, "run.name=new", f"data.train_files=[{bad}]"]
+    # The pipeline reads its third stage's prompts before its first stage trains (stages of 16 rows:
+    # the demo's read 16k rows first, 10 s here).
+    stages = [
+        f"pipeline.{stage}_config={write(tmp_path, f'{stage}.yaml', 'data: {task: sort, num_train: 16}')}"
+        for stage in ("sft", "rm")
+    ]
+    runs["pipeline"] = [
+        "pipeline",
+        "configs/demo.yaml",
+        *common,
+        "run.name=new",
+        *stages,
+        f"data.train_files=[{bad}]",
+    ]
     runs["no model"] = ["rm", "configs/rm.yaml", *common, "run.name=new", "model.path=runs/none/final"]
     # A mistyped local folder reads as a hub name ('owner/name'); offline, the hub answers at once.
     runs["no folder"] = ["sft", "configs/sft.yaml", *common, "run.name=new", "model.path=models/none"]
@@ -308,5 +320,5 @@ def test_a_finished_jobs_folder_a_bad_row_or_no_model_is_refused_before_ray_star
         assert proc.returncode == 2 and f"tandem: error: {message}" in err, (name, err)
         # Ray logs "Started a local Ray instance" when it starts.
         assert "Traceback" not in err and "Ray" not in out + err, (name, out, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "done"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "done", "rm.yaml", "sft.yaml"]
     assert [p.name for p in (tmp_path / "done").iterdir()] == ["checkpoints"]
