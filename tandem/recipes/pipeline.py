@@ -50,6 +50,7 @@ def compare(cfg: Config, policies: dict[str, str], reference: str) -> dict[str, 
 class Inputs:
     """What the three stages read before they train."""
 
+    sft_cfg: Config  # the SFT stage's job
     sft: tuple[list[dict], list[dict]]  # `tandem.recipes.sft.load_data`
     rm: tuple[list[dict], list[dict], list[dict]]  # `tandem.recipes.rm.load_data`
     prompts: list[str | list[dict]]  # PPO's
@@ -74,7 +75,7 @@ def read_inputs(cfg: Config) -> Inputs:
     )
     for job in (sft_cfg, rm_cfg, cfg):
         check_run_dir(job)
-    return Inputs(sft.load_data(sft_cfg), rm.load_data(rm_cfg), load_prompts(ppo_cfg))
+    return Inputs(sft_cfg, sft.load_data(sft_cfg), rm.load_data(rm_cfg), load_prompts(ppo_cfg))
 
 
 def run(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def run(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
     from tandem.report import write_report
 
     inputs = inputs or read_inputs(cfg)
-    sft_model = sft.run(stage_config(cfg, cfg.pipeline.sft_config, "sft"), data=inputs.sft)["final_model"]
+    sft_model = sft.run(inputs.sft_cfg, data=inputs.sft)["final_model"]
     rm_init = (f"model.path={sft_model}",) if cfg.pipeline.rm_from_sft else ()
     rm_model = rm.run(stage_config(cfg, cfg.pipeline.rm_config, "rm", rm_init), data=inputs.rm)["final_model"]
     # PPO's own before/after table is skipped: the comparison below holds it, on more prompts.
