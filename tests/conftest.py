@@ -10,10 +10,10 @@ import pytest
 # The embedded tiny models are built once per machine into this cache (deterministic, so reuse is safe).
 os.environ.setdefault("TANDEM_CACHE", os.path.expanduser("~/.cache/tandem"))
 os.environ.setdefault("WANDB_MODE", "disabled")
-# A test session's Ray sees ~250 workers come and go. Its log monitor polls every worker log file ten
-# times a second, a dead worker's too for as long as the file stays open (up to 200 open), and globs
-# the folder on every poll: after 80 dead workers it used 4.1 s of CPU a minute, and 95 s over one
-# two-worker `make test`. With at most 16 files open it rotates them, moving a dead worker's out of
+# A test session's Ray sees 60-70 workers come and go (two log files each). Its log monitor polls
+# every worker log file ten times a second, a dead worker's too for as long as the file stays open (up
+# to 200 open), and globs the folder on every poll: after 80 dead workers it used 4.1 s of CPU a
+# minute, and 95 s over one two-worker `make test`. With at most 16 files open it rotates them, moving a dead worker's out of
 # the folder as it closes it; with a "many files" threshold of 0 it globs every 0.5 s
 # (LOG_NAME_UPDATE_INTERVAL_S), not on every pass. Together: 0.7 s a minute.
 os.environ.setdefault("RAY_LOG_MONITOR_MAX_OPEN_FILES", "16")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tandem.errors import UserError
-from tandem.models.tiny import resolve_model
+from tandem.models.tiny import WHAT_IS_A_MODEL, resolve_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 T = TypeVar("T")
-_WHAT_IS_A_MODEL = (
-    "a model path (model.path, a reward model's path) is an HF save (config.json, weights, tokenizer: "
-    "a run's final/, say), an embedded model or a hub name"
-)
 
 
 def _from_pretrained(path: str, load: Callable[[str], T]) -> T:
@@ -32,7 +28,7 @@ def _from_pretrained(path: str, load: Callable[[str], T]) -> T:
     hub name 'owner/name', and transformers' answer is a traceback about connecting to the hub)."""
     folder = Path(path)
     if folder.is_dir() and not (folder / "config.json").is_file():
-        raise UserError(f"no model in {path!r}: it holds no config.json; {_WHAT_IS_A_MODEL}")
+        raise UserError(f"no model in {path!r}: it holds no config.json; {WHAT_IS_A_MODEL}")
     try:
         return load(path)
     except OSError as err:
@@ -40,7 +36,7 @@ def _from_pretrained(path: str, load: Callable[[str], T]) -> T:
         where = (
             "" if folder.is_dir() else f"no such folder here ({Path.cwd()}), and the hub did not give one: "
         )
-        raise UserError(f"no model at {path!r}: {where}{reason}; {_WHAT_IS_A_MODEL}") from None
+        raise UserError(f"no model at {path!r}: {where}{reason}; {WHAT_IS_A_MODEL}") from None
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -215,6 +215,13 @@ def _build_into(name: str, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: The end of every "no model" error (here and `tandem.models.loading`'s).
+WHAT_IS_A_MODEL = (
+    "a model path (model.path, a reward model's path) is an HF save (config.json, weights, tokenizer: "
+    f"a run's final/, say), an embedded model ({', '.join(ARCHITECTURES)}) or a hub name"
+)
+
+
 def resolve_model(path_or_name: str) -> str:
     """An embedded model name -> its built directory; anything else (a local directory, or a hub
     name that transformers will fetch) is returned unchanged."""
@@ -233,7 +240,6 @@ def resolve_model(path_or_name: str) -> str:
         # our words, not as transformers' traceback about repository names.
         raise UserError(
             f"no model at {path_or_name!r}: no such folder, and not a hub name ('name' or "
-            f"'owner/name'); a model path (model.path, a reward model's path) is a local HF folder, "
-            f"an embedded model ({', '.join(ARCHITECTURES)}) or a hub name"
+            f"'owner/name'); {WHAT_IS_A_MODEL}"
         ) from None
     return path_or_name
